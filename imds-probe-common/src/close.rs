@@ -1,0 +1,12 @@
+//! A connection to the IMDS closed: user space frees its state.
+
+use crate::record::RecordHeader;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Close {
+    pub header: RecordHeader,
+    pub cookie: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Close>() == 24);

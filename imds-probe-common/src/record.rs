@@ -1,0 +1,26 @@
+//! The header that starts every ring buffer record, and the record kinds.
+
+/// Name of the ring buffer map that carries every record, in send order.
+pub const RING_BUFFER_MAP: &str = "EVENTS";
+
+/// Bytes reserved for the ring buffer. Big enough to absorb a burst of several thousand
+/// requests while user space is descheduled, small enough to be invisible on a host.
+pub const RING_BUFFER_BYTES: u32 = 8 * 1024 * 1024;
+
+/// A chunk of bytes a process sent to the IMDS ([`crate::send::SendChunk`]).
+pub const KIND_SEND: u32 = 1;
+/// A connection to the IMDS closed ([`crate::close::Close`]).
+pub const KIND_CLOSE: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// One of the `KIND_*` constants.
+    pub kind: u32,
+    /// Which probe backend produced the record (`crate::send::BACKEND_*`).
+    pub backend: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);

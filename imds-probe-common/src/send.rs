@@ -1,0 +1,58 @@
+//! Bytes sent on a connection to the IMDS, one record per chunk of one send.
+
+use crate::record::RecordHeader;
+
+/// Payload bytes carried by one record. A send larger than this becomes several records with
+/// consecutive `stream_offset`s.
+pub const CHUNK_BYTES: usize = 4096;
+
+/// Chunks captured from one send at most; the rest of a larger send is counted as truncated
+/// and shows up in user space as a gap in `stream_offset`.
+pub const MAX_CHUNKS_PER_SEND: u32 = 32;
+
+/// The cgroup `sock_ops` + `sk_msg` backend.
+pub const BACKEND_SK_MSG: u32 = 1;
+
+/// IMDS connections tracked at once by the kernel side.
+pub const MAX_CONNECTIONS: u32 = 16384;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SendChunk {
+    pub header: RecordHeader,
+    /// The kernel's socket cookie: unique per socket for the boot.
+    pub cookie: u64,
+    /// `bpf_get_current_pid_tgid()`: thread group (process) id high, thread id low.
+    pub pid_tgid: u64,
+    /// `bpf_get_current_uid_gid()`: gid high, uid low.
+    pub uid_gid: u64,
+    pub cgroup_id: u64,
+    /// Bytes of this connection that came before this chunk, captured or not.
+    pub stream_offset: u64,
+    pub comm: [u8; 16],
+    /// Remote address in IPv6 form; IPv4 peers are stored IPv4-mapped (::ffff:a.b.c.d).
+    pub remote_addr: [u8; 16],
+    /// Host byte order.
+    pub remote_port: u16,
+    /// `AF_INET` or `AF_INET6`: tells an IPv4 socket from a dual-stack one to a mapped address.
+    pub family: u16,
+    /// Size of the whole send this chunk belongs to.
+    pub send_size: u32,
+    /// Payload bytes that follow this header in the record.
+    pub len: u32,
+    pub _pad: u32,
+}
+
+pub const SEND_CHUNK_HEADER_BYTES: usize = core::mem::size_of::<SendChunk>();
+const _: () = assert!(SEND_CHUNK_HEADER_BYTES == 104);
+
+/// One record as reserved in the ring buffer: a header and up to `N` payload bytes (`len` of
+/// them meaningful). User space reads only the header and the first `len` bytes.
+#[repr(C)]
+pub struct SendRecord<const N: usize> {
+    pub chunk: SendChunk,
+    pub data: [u8; N],
+}
+
+const _: () =
+    assert!(core::mem::size_of::<SendRecord<CHUNK_BYTES>>() == SEND_CHUNK_HEADER_BYTES + CHUNK_BYTES);

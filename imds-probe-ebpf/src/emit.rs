@@ -1,0 +1,90 @@
+//! Building send records in the ring buffer. Shared by every backend: a backend only decides
+//! where the bytes come from.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_uid_gid, bpf_ktime_get_ns, generated::bpf_probe_read_kernel,
+};
+use imds_probe_common::{
+    close::Close,
+    loss::{LOSS_READ_FAILED, LOSS_RING_BUFFER_CLOSE, LOSS_RING_BUFFER_SEND},
+    record::{KIND_CLOSE, KIND_SEND, RecordHeader},
+    send::{SendChunk, SendRecord},
+};
+
+use crate::maps::{EVENTS, count_loss};
+
+/// Most requests to the IMDS are a few hundred bytes: a small record keeps the ring buffer
+/// dense, a large one carries header blocks and bodies. The ring buffer needs a constant size
+/// per reservation, hence two fixed sizes rather than one variable one.
+pub const SMALL_CHUNK: usize = 512;
+
+/// What identifies the connection and the sender, filled once per send.
+pub struct SendMeta {
+    pub backend: u32,
+    pub cookie: u64,
+    pub remote_addr: [u8; 16],
+    pub remote_port: u16,
+    pub family: u16,
+    pub send_size: u32,
+}
+
+/// Copies `len` bytes at kernel address `src` into one record. `len` must be at most
+/// `CHUNK_BYTES`.
+#[inline(always)]
+pub fn emit_chunk(meta: &SendMeta, stream_offset: u64, src: *const u8, len: u32) {
+    if (len as usize) <= SMALL_CHUNK {
+        emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len)
+    } else {
+        emit_sized::<{ imds_probe_common::send::CHUNK_BYTES }>(meta, stream_offset, src, len)
+    }
+}
+
+#[inline(always)]
+fn emit_sized<const N: usize>(meta: &SendMeta, stream_offset: u64, src: *const u8, len: u32) {
+    let Some(mut entry) = EVENTS.reserve::<SendRecord<N>>(0) else {
+        count_loss(LOSS_RING_BUFFER_SEND);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let len = if (len as usize) > N { N as u32 } else { len };
+    // SAFETY: `record` points at a live reservation of `SendRecord<N>`; `len <= N` bounds the
+    // copy into its `data`; `src` is a kernel address the backend has bounds-checked for `len`.
+    let copied = unsafe {
+        (*record).chunk = SendChunk {
+            header: RecordHeader { kind: KIND_SEND, backend: meta.backend, ts_ns: bpf_ktime_get_ns() },
+            cookie: meta.cookie,
+            pid_tgid: bpf_get_current_pid_tgid(),
+            uid_gid: bpf_get_current_uid_gid(),
+            cgroup_id: bpf_get_current_cgroup_id(),
+            stream_offset,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            remote_addr: meta.remote_addr,
+            remote_port: meta.remote_port,
+            family: meta.family,
+            send_size: meta.send_size,
+            len,
+            _pad: 0,
+        };
+        bpf_probe_read_kernel((*record).data.as_mut_ptr().cast(), len, src.cast())
+    };
+    if copied == 0 {
+        entry.submit(0);
+    } else {
+        entry.discard(0);
+        count_loss(LOSS_READ_FAILED);
+    }
+}
+
+pub fn emit_close(backend: u32, cookie: u64) {
+    let Some(mut entry) = EVENTS.reserve::<Close>(0) else {
+        count_loss(LOSS_RING_BUFFER_CLOSE);
+        return;
+    };
+    entry.write(Close {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        header: RecordHeader { kind: KIND_CLOSE, backend, ts_ns: unsafe { bpf_ktime_get_ns() } },
+        cookie,
+    });
+    entry.submit(0);
+}

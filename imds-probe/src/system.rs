@@ -1,0 +1,162 @@
+//! What the host must provide before programs can load: privileges, bpffs, a cgroup v2
+//! hierarchy, and no memlock limit on old kernels. The daemon mounts what is missing rather
+//! than failing, because early in boot nothing may have mounted them yet.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use nix::{mount::MsFlags, sys::resource};
+
+const BPFFS: &str = "/sys/fs/bpf";
+/// Where we mount cgroup2 ourselves when no cgroup2 hierarchy is mounted anywhere.
+const CGROUP2_FALLBACKS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    #[error(
+        "imds-probe needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + CAP_SYS_RESOURCE \
+         (effective uid is {0})"
+    )]
+    NotPrivileged(u32),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "no cgroup v2 hierarchy is mounted and mounting one failed ({0}); the sk_msg backend \
+         needs cgroup2 (kernel 4.5+ with CONFIG_CGROUP_BPF)"
+    )]
+    NoCgroup2(String),
+}
+
+impl SystemError {
+    pub fn from_io(what: &'static str) -> impl FnOnce(io::Error) -> Self {
+        move |source| Self::Io { what, source }
+    }
+}
+
+pub fn prepare() -> Result<(), SystemError> {
+    check_privileges()?;
+    // Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK.
+    let _ = resource::setrlimit(
+        resource::Resource::RLIMIT_MEMLOCK,
+        resource::RLIM_INFINITY,
+        resource::RLIM_INFINITY,
+    );
+    ensure_bpffs()
+}
+
+fn check_privileges() -> Result<(), SystemError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 {
+        return Ok(());
+    }
+    // Without root, the capabilities decide; the effective set is a hex mask in status.
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = fs::read_to_string("/proc/self/status").map_err(SystemError::from_io("read /proc/self/status"))?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_BPF) && has(CAP_PERFMON) && has(CAP_NET_ADMIN) {
+        Ok(())
+    } else {
+        Err(SystemError::NotPrivileged(euid))
+    }
+}
+
+/// Mount points of a filesystem type, from /proc/self/mountinfo.
+fn mounts_of(fstype: &str) -> Result<Vec<PathBuf>, SystemError> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(SystemError::from_io("read /proc/self/mountinfo"))?;
+    Ok(parse_mounts(&info, fstype))
+}
+
+fn parse_mounts(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // "36 35 98:0 / /mnt rw,noatime master:1 - ext3 /dev/root rw": the type follows " - ".
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == fstype).then(|| PathBuf::from(unescape_octal(mount_point)))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn ensure_bpffs() -> Result<(), SystemError> {
+    if mounts_of("bpf")?.iter().any(|p| p == Path::new(BPFFS)) {
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS).map_err(SystemError::from_io("create /sys/fs/bpf"))?;
+    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>)
+        .map_err(|e| SystemError::Io { what: "mount bpffs on /sys/fs/bpf", source: e.into() })?;
+    tracing::info!("mounted bpffs on {BPFFS}");
+    Ok(())
+}
+
+/// The root of the cgroup v2 hierarchy, mounted by us if nothing has mounted it yet.
+pub fn cgroup2_root() -> Result<PathBuf, SystemError> {
+    if let Some(root) = mounts_of("cgroup2")?.into_iter().next() {
+        return Ok(root);
+    }
+    let mut errors = Vec::new();
+    for candidate in CGROUP2_FALLBACKS {
+        let occupied = fs::read_dir(candidate).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if occupied || fs::create_dir_all(candidate).is_err() {
+            continue;
+        }
+        match nix::mount::mount(Some("cgroup2"), candidate, Some("cgroup2"), MsFlags::empty(), None::<&str>) {
+            Ok(()) => {
+                tracing::info!("mounted cgroup2 on {candidate}");
+                return Ok(PathBuf::from(candidate));
+            }
+            Err(e) => errors.push(format!("{candidate}: {e}")),
+        }
+    }
+    Err(SystemError::NoCgroup2(if errors.is_empty() { "no free mount point".into() } else { errors.join("; ") }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_mounts_by_type_and_unescapes_paths() {
+        let info = "\
+25 30 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+26 30 0:24 / /sys/fs/bpf rw - bpf bpf rw,mode=700
+27 30 0:25 / /mnt/with\\040space rw shared:1 - cgroup2 none rw
+";
+        assert_eq!(
+            parse_mounts(info, "cgroup2"),
+            vec![PathBuf::from("/sys/fs/cgroup/unified"), PathBuf::from("/mnt/with space")]
+        );
+        assert_eq!(parse_mounts(info, "bpf"), vec![PathBuf::from("/sys/fs/bpf")]);
+        assert!(parse_mounts(info, "tracefs").is_empty());
+    }
+}
