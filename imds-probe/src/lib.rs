@@ -4,3 +4,7 @@
 
 pub mod backend;
 pub mod system;
+pub mod classify;
+pub mod http;
+pub mod reassembly;
+pub mod wire;
