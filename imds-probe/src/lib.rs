@@ -1,10 +1,20 @@
 //! imds-probe: finds the processes that call the EC2 Instance Metadata Service without a
 //! session token. Data flows one way: kernel records (`wire`) -> per-connection reassembly
-//! (`reassembly`) -> classification (`classify`) -> attribution (`attribution`) -> sinks.
+//! (`reassembly`, `http`) -> classification (`classify`) -> attribution (`attribution`) ->
+//! events (`event`) -> sinks (`sink`), driven record by record by `pipeline`.
 
+pub mod attribution;
 pub mod backend;
-pub mod system;
 pub mod classify;
+pub mod connections;
+pub mod daemon;
+pub mod event;
 pub mod http;
+pub mod loss;
+pub mod notify;
+pub mod pipeline;
 pub mod reassembly;
+pub mod redact;
+pub mod sink;
+pub mod system;
 pub mod wire;

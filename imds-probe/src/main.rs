@@ -1,13 +1,59 @@
+//! imds-probe's command line. Errors end here, as anyhow reports.
+
+use std::{path::PathBuf, time::Duration};
+
 use anyhow::Result;
+use clap::{Parser, Subcommand};
+use imds_probe::{
+    backend::BackendChoice,
+    daemon::{self, RunOptions},
+};
+use tracing_subscriber::EnvFilter;
+
+/// Finds every process that calls the EC2 Instance Metadata Service without a session token
+/// (IMDSv1), so it can be fixed before HttpTokens=required is switched on.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture IMDS requests and write one JSON event per request.
+    ///
+    /// Needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_RESOURCE). Sends READY=1
+    /// on $NOTIFY_SOCKET once capture has begun; stops cleanly on SIGTERM or SIGINT.
+    Run {
+        /// Which kernel hook sees the requests. `auto` takes the first that works here.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        /// Also append events to this file (JSON lines); parent directories are created.
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
+        /// Do not write events to stdout.
+        #[arg(long)]
+        no_stdout: bool,
+        /// How often to check for lost events and report them (seconds).
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        loss_report_interval: u64,
+    },
+}
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    let mut probe = imds_probe::backend::start(imds_probe::backend::BackendChoice::Auto)?;
-    let mut rb = probe.ring_buffer()?;
-    loop {
-        while let Some(item) = rb.next() {
-            println!("record {} bytes: {:?}", item.len(), &item[..item.len().min(200)]);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("IMDS_PROBE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match cli.command {
+        Command::Run { backend, log_file, no_stdout, loss_report_interval } => runtime.block_on(daemon::run(RunOptions {
+            backend,
+            log_file,
+            stdout: !no_stdout,
+            loss_report_interval: Duration::from_secs(loss_report_interval.max(1)),
+        })),
     }
 }

@@ -5,8 +5,15 @@ pub mod sk_msg;
 
 use std::fmt;
 
-use aya::{Ebpf, EbpfLoader, maps::{MapData, RingBuf}};
-use imds_probe_common::{record::RING_BUFFER_MAP, send::BACKEND_SK_MSG};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use imds_probe_common::{
+    loss::{LOSS_COUNTERS, LOSS_MAP},
+    record::RING_BUFFER_MAP,
+    send::BACKEND_SK_MSG,
+};
 
 use crate::system::SystemError;
 
@@ -78,37 +85,48 @@ pub enum LoadError {
     },
 }
 
-/// Loaded and attached programs. Dropping it detaches them.
+/// Loaded and attached programs. Dropping `ebpf` detaches them; the ring buffer and the
+/// loss counters outlive it so the last records can still be drained.
 pub struct Probe {
     pub backend: Backend,
     pub ebpf: Ebpf,
+    pub ring: RingBuf<MapData>,
+    pub loss: PerCpuArray<MapData, u64>,
 }
 
-impl Probe {
-    /// Takes the ring buffer out; called once, before anything can fill it past its size.
-    pub fn ring_buffer(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self.ebpf.take_map(RING_BUFFER_MAP).ok_or(LoadError::MissingMap(RING_BUFFER_MAP))?;
-        RingBuf::try_from(map).map_err(|source| LoadError::Map { name: RING_BUFFER_MAP, source })
+/// Sums the kernel's per-CPU loss counters.
+pub fn read_loss(loss: &PerCpuArray<MapData, u64>) -> [u64; LOSS_COUNTERS as usize] {
+    let mut counts = [0; LOSS_COUNTERS as usize];
+    for (index, count) in counts.iter_mut().enumerate() {
+        if let Ok(values) = loss.get(&(index as u32), 0) {
+            *count = values.iter().sum();
+        }
     }
+    counts
 }
 
-fn load_object() -> Result<Ebpf, LoadError> {
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
+}
+
+/// Loads the object and attaches the chosen backend. The ring buffer is taken out before
+/// anything attaches, so no record can be produced that the reader will not see.
+pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
+    crate::system::prepare()?;
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)
-}
-
-/// Loads the object and attaches the chosen backend. `Auto` tries each backend in order of
-/// preference and keeps the first that attaches, logging why the others did not.
-pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
-    crate::system::prepare()?;
-    let mut ebpf = load_object()?;
-    match choice {
+    let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)?;
+    let ring = RingBuf::try_from(take_map(&mut ebpf, RING_BUFFER_MAP)?)
+        .map_err(|source| LoadError::Map { name: RING_BUFFER_MAP, source })?;
+    let loss = PerCpuArray::try_from(take_map(&mut ebpf, LOSS_MAP)?)
+        .map_err(|source| LoadError::Map { name: LOSS_MAP, source })?;
+    let backend = match choice {
         BackendChoice::Auto | BackendChoice::SkMsg => {
             sk_msg::attach(&mut ebpf)?;
-            tracing::info!(backend = "sk_msg", "attached cgroup sock_ops + sk_msg programs");
-            Ok(Probe { backend: Backend::SkMsg, ebpf })
+            Backend::SkMsg
         }
-    }
+    };
+    tracing::info!(%backend, ?choice, "programs attached");
+    Ok(Probe { backend, ebpf, ring, loss })
 }

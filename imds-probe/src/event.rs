@@ -1,0 +1,191 @@
+//! The JSON events: a public interface that operators write queries against. Field names
+//! and meanings are documented in the README; change them only with a note there.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+use crate::{
+    attribution::ProcessJson, backend::Backend, classify::Class, http::RequestHead, loss::LossCounts,
+    reassembly::UnknownReason,
+};
+
+#[derive(Debug, Serialize)]
+pub struct RequestEvent {
+    pub ts: Timestamp,
+    pub event: &'static str,
+    pub class: Class,
+    pub reason: Option<UnknownReason>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub http_version: Option<&'static str>,
+    pub user_agent: Option<String>,
+    pub token_ttl_seconds: Option<u32>,
+    pub remote: String,
+    /// "ipv4", "ipv6", or "ipv4_mapped" (a dual-stack AF_INET6 socket to 169.254.169.254).
+    pub socket_family: &'static str,
+    pub backend: Backend,
+    /// The kernel's socket cookie: ties the requests of one connection together.
+    pub connection: u64,
+    pub process: ProcessJson,
+}
+
+/// What a request event needs besides the request itself.
+pub struct Context<'a> {
+    pub ts: Timestamp,
+    pub remote: &'a Remote,
+    pub backend: Backend,
+    pub connection: u64,
+    pub process: ProcessJson,
+}
+
+impl RequestEvent {
+    pub const NAME: &'static str = "imds_request";
+
+    pub fn request(head: RequestHead, class: Class, ctx: Context<'_>) -> Self {
+        Self {
+            ts: ctx.ts,
+            event: Self::NAME,
+            class,
+            reason: None,
+            method: Some(head.method),
+            path: Some(head.path),
+            http_version: Some(head.http_version),
+            user_agent: head.user_agent,
+            token_ttl_seconds: if class == Class::Token { head.token_ttl_seconds } else { None },
+            remote: ctx.remote.endpoint.clone(),
+            socket_family: ctx.remote.family,
+            backend: ctx.backend,
+            connection: ctx.connection,
+            process: ctx.process,
+        }
+    }
+
+    pub fn unknown(reason: UnknownReason, ctx: Context<'_>) -> Self {
+        Self {
+            ts: ctx.ts,
+            event: Self::NAME,
+            class: Class::Unknown,
+            reason: Some(reason),
+            method: None,
+            path: None,
+            http_version: None,
+            user_agent: None,
+            token_ttl_seconds: None,
+            remote: ctx.remote.endpoint.clone(),
+            socket_family: ctx.remote.family,
+            backend: ctx.backend,
+            connection: ctx.connection,
+            process: ctx.process,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct LossEvent {
+    pub ts: Timestamp,
+    pub event: &'static str,
+    /// Counts since the previous loss event.
+    pub since_last: LossCounts,
+    /// Counts since the daemon started.
+    pub total: LossCounts,
+}
+
+impl LossEvent {
+    pub const NAME: &'static str = "loss";
+}
+
+/// The peer of a connection, rendered once per connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remote {
+    pub endpoint: String,
+    pub family: &'static str,
+}
+
+impl Remote {
+    /// `addr` is IPv6-form (IPv4 mapped); `family` the socket's AF_*.
+    pub fn new(addr: [u8; 16], port: u16, family: u16) -> Self {
+        let v6 = Ipv6Addr::from(addr);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => Self {
+                endpoint: format!("{}:{port}", Ipv4Addr::from(v4)),
+                family: if family == imds_probe_common::imds::AF_INET { "ipv4" } else { "ipv4_mapped" },
+            },
+            None => Self { endpoint: format!("[{v6}]:{port}"), family: "ipv6" },
+        }
+    }
+}
+
+/// Wall-clock time, written as RFC 3339 UTC with microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
+}
+
+/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
+pub struct Clock {
+    /// Wall clock minus monotonic clock, in nanoseconds.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let mut clock = Self { offset_ns: 0 };
+        clock.resync();
+        clock
+    }
+
+    /// Re-reads the offset, so NTP steps are followed.
+    pub fn resync(&mut self) {
+        let nanos = |id| {
+            nix::time::clock_gettime(id)
+                .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+                .unwrap_or(0)
+        };
+        self.offset_ns =
+            nanos(nix::time::ClockId::CLOCK_REALTIME) - nanos(nix::time::ClockId::CLOCK_MONOTONIC);
+    }
+
+    pub fn wall(&self, monotonic_ns: u64) -> Timestamp {
+        let unix_ns = (i128::from(monotonic_ns) + self.offset_ns).max(0);
+        Timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(unix_ns as u64))
+    }
+
+    pub fn now(&self) -> Timestamp {
+        Timestamp(SystemTime::now())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes() {
+        let v4 = Remote::new(imds_probe_common::imds::IMDS_IPV4_MAPPED, 80, 2);
+        assert_eq!((v4.endpoint.as_str(), v4.family), ("169.254.169.254:80", "ipv4"));
+        let mapped = Remote::new(imds_probe_common::imds::IMDS_IPV4_MAPPED, 80, 10);
+        assert_eq!((mapped.endpoint.as_str(), mapped.family), ("169.254.169.254:80", "ipv4_mapped"));
+        let v6 = Remote::new(imds_probe_common::imds::IMDS_IPV6, 80, 10);
+        assert_eq!((v6.endpoint.as_str(), v6.family), ("[fd00:ec2::254]:80", "ipv6"));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_micros_utc() {
+        let ts = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789));
+        assert_eq!(serde_json::to_string(&ts).unwrap(), "\"2023-11-14T22:13:20.123456Z\"");
+    }
+}

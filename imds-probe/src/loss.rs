@@ -1,0 +1,57 @@
+//! Everything that was not delivered, counted where it happened: the kernel side's per-CPU
+//! counters and user space's own. Reported as `loss` events and in the daemon's log whenever
+//! a count moves.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LossCounts {
+    /// Kernel: send records that did not fit in the ring buffer.
+    pub ring_buffer_full: u64,
+    /// Kernel: close records that did not fit in the ring buffer.
+    pub ring_buffer_full_close: u64,
+    /// Kernel: sends larger than the capture limit; their tail was not captured.
+    pub send_truncated: u64,
+    /// Kernel: IMDS connections that could not be tracked (tables full).
+    pub connections_untracked: u64,
+    /// Kernel: reading a send's bytes failed.
+    pub read_failed: u64,
+    /// User space: records that did not decode.
+    pub decode_errors: u64,
+    /// User space: connections dropped from a full connection table.
+    pub connections_evicted: u64,
+    /// User space: events dropped because the output queue was full.
+    pub queue_full: u64,
+    /// User space: events that failed to write to an output.
+    pub output_errors: u64,
+}
+
+impl LossCounts {
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            ring_buffer_full: self.ring_buffer_full - earlier.ring_buffer_full,
+            ring_buffer_full_close: self.ring_buffer_full_close - earlier.ring_buffer_full_close,
+            send_truncated: self.send_truncated - earlier.send_truncated,
+            connections_untracked: self.connections_untracked - earlier.connections_untracked,
+            read_failed: self.read_failed - earlier.read_failed,
+            decode_errors: self.decode_errors - earlier.decode_errors,
+            connections_evicted: self.connections_evicted - earlier.connections_evicted,
+            queue_full: self.queue_full - earlier.queue_full,
+            output_errors: self.output_errors - earlier.output_errors,
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Takes the kernel's counters, indexed as in `imds_probe_common::loss`.
+    pub fn set_kernel(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+        use imds_probe_common::loss::*;
+        self.ring_buffer_full = kernel[LOSS_RING_BUFFER_SEND as usize];
+        self.ring_buffer_full_close = kernel[LOSS_RING_BUFFER_CLOSE as usize];
+        self.send_truncated = kernel[LOSS_SEND_TRUNCATED as usize];
+        self.connections_untracked = kernel[LOSS_CONNECTION_UNTRACKED as usize];
+        self.read_failed = kernel[LOSS_READ_FAILED as usize];
+    }
+}

@@ -1,0 +1,159 @@
+//! One record at a time, in ring buffer order: decode -> reassemble per connection ->
+//! classify -> attribute -> queue for the sinks. Synchronous and single-threaded: the order
+//! of records is the order of sends, and nothing here waits on I/O except /proc reads.
+
+use crate::{
+    attribution::{Sender, proc_fs::ProcCache},
+    backend::Backend,
+    classify::classify,
+    connections::{Connection, ConnectionTable, MAX_CONNECTIONS},
+    event::{Clock, Context, LossEvent, Remote, RequestEvent},
+    loss::LossCounts,
+    reassembly::{Item, RequestStream, UnknownReason},
+    sink::{Offer, Sink},
+    wire::Record,
+};
+
+pub struct Pipeline {
+    connections: ConnectionTable,
+    out: Emitter,
+    items: Vec<Item>,
+}
+
+/// The half of the pipeline after reassembly, apart from the connection table so both can
+/// be borrowed at once.
+struct Emitter {
+    processes: ProcCache,
+    clock: Clock,
+    sink: Sink,
+    /// User-space counters; the kernel's are merged in when reporting.
+    counts: LossCounts,
+    reported: LossCounts,
+}
+
+impl Pipeline {
+    pub fn new(sink: Sink) -> Self {
+        Self {
+            connections: ConnectionTable::new(MAX_CONNECTIONS),
+            out: Emitter {
+                processes: ProcCache::default(),
+                clock: Clock::new(),
+                sink,
+                counts: LossCounts::default(),
+                reported: LossCounts::default(),
+            },
+            items: Vec::new(),
+        }
+    }
+
+    pub fn handle(&mut self, bytes: &[u8]) {
+        match Record::try_from(bytes) {
+            Ok(Record::Send { chunk, data }) => {
+                let Some(backend) = Backend::from_wire(chunk.header.backend) else {
+                    self.out.counts.decode_errors += 1;
+                    return;
+                };
+                let sender = Sender::from_kernel(chunk.pid_tgid, chunk.uid_gid, chunk.cgroup_id, &chunk.comm);
+                let ts = chunk.header.ts_ns;
+                let (connection, evicted) = self.connections.entry(chunk.cookie, || Connection {
+                    stream: RequestStream::default(),
+                    remote: Remote::new(chunk.remote_addr, chunk.remote_port, chunk.family),
+                    backend,
+                    last_sender: sender.clone(),
+                    last_seen_ns: ts,
+                });
+                connection.last_sender = sender;
+                connection.last_seen_ns = ts;
+                connection.stream.feed(chunk.stream_offset, data, &mut self.items);
+                self.out.emit(chunk.cookie, connection, ts, &mut self.items);
+                if let Some((cookie, mut old)) = evicted {
+                    self.out.counts.connections_evicted += 1;
+                    old.stream.finish(UnknownReason::Evicted, &mut self.items);
+                    self.out.emit(cookie, &old, ts, &mut self.items);
+                }
+            }
+            Ok(Record::Close(close)) => {
+                if let Some(mut connection) = self.connections.remove(close.cookie) {
+                    connection.stream.finish(UnknownReason::IncompleteAtClose, &mut self.items);
+                    self.out.emit(close.cookie, &connection, close.header.ts_ns, &mut self.items);
+                }
+            }
+            Err(e) => {
+                self.out.counts.decode_errors += 1;
+                tracing::debug!("undecodable record: {e}");
+            }
+        }
+    }
+
+    /// Emits a `loss` event and a log line if anything was lost since the last report.
+    pub fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+        self.out.report_loss(kernel);
+    }
+
+    /// The daemon is stopping: heads still in flight become `unknown`.
+    pub fn finish(&mut self) {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0);
+        for (cookie, mut connection) in self.connections.drain() {
+            connection.stream.finish(UnknownReason::IncompleteAtShutdown, &mut self.items);
+            self.out.emit(cookie, &connection, now, &mut self.items);
+        }
+    }
+
+    pub fn close(mut self) {
+        self.out.sink.close();
+    }
+}
+
+impl Emitter {
+    fn emit(&mut self, cookie: u64, connection: &Connection, ts: u64, items: &mut Vec<Item>) {
+        for item in items.drain(..) {
+            let ctx = Context {
+                ts: self.clock.wall(ts),
+                remote: &connection.remote,
+                backend: connection.backend,
+                connection: cookie,
+                process: self.processes.describe(&connection.last_sender),
+            };
+            let event = match item {
+                Item::Request(head) => {
+                    let class = classify(&head);
+                    RequestEvent::request(head, class, ctx)
+                }
+                Item::Unknown(reason) => RequestEvent::unknown(reason, ctx),
+            };
+            self.write(&event);
+        }
+    }
+
+    fn write<T: serde::Serialize>(&mut self, event: &T) {
+        match serde_json::to_vec(event) {
+            Ok(line) => {
+                if self.sink.offer(line) == Offer::Full {
+                    self.counts.queue_full += 1;
+                }
+            }
+            Err(e) => {
+                self.counts.output_errors += 1;
+                tracing::error!("serialising an event failed: {e}");
+            }
+        }
+    }
+
+    /// Emits a `loss` event and a log line if anything was lost since the last report.
+    fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+        self.clock.resync();
+        let mut total = self.counts;
+        total.set_kernel(kernel);
+        total.output_errors += self.sink.output_errors();
+        let since_last = total.since(&self.reported);
+        if since_last.is_zero() {
+            return;
+        }
+        tracing::warn!(?since_last, ?total, "events were lost");
+        self.reported = total;
+        self.write(&LossEvent { ts: self.clock.now(), event: LossEvent::NAME, since_last, total });
+    }
+
+}

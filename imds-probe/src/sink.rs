@@ -1,0 +1,153 @@
+//! Writing events. A dedicated thread owns the outputs so a slow disk or a blocked stdout
+//! never stalls the ring buffer reader; the queue between them is bounded and what does not
+//! fit is counted by the caller.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufWriter, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+};
+
+/// Events queued for writing at most.
+pub const QUEUE_CAPACITY: usize = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("opening log file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting the writer thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+pub struct Outputs {
+    pub stdout: bool,
+    pub log_file: Option<PathBuf>,
+}
+
+pub struct Sink {
+    queue: Option<SyncSender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
+    output_errors: Arc<AtomicU64>,
+}
+
+/// Result of offering a line to the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    Full,
+}
+
+impl Sink {
+    pub fn start(outputs: Outputs) -> Result<Self, SinkError> {
+        let file = outputs.log_file.as_deref().map(open_log).transpose()?;
+        let (queue, lines) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let output_errors = Arc::new(AtomicU64::new(0));
+        let errors = Arc::clone(&output_errors);
+        let stdout = outputs.stdout;
+        let writer = std::thread::Builder::new()
+            .name("imds-probe-sink".into())
+            .spawn(move || write_lines(lines, stdout, file, &errors))
+            .map_err(SinkError::Thread)?;
+        Ok(Self { queue: Some(queue), writer: Some(writer), output_errors })
+    }
+
+    /// Queues one JSON line (without its newline).
+    pub fn offer(&self, line: Vec<u8>) -> Offer {
+        match self.queue.as_ref().map(|q| q.try_send(line)) {
+            Some(Ok(())) => Offer::Queued,
+            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => Offer::Full,
+        }
+    }
+
+    pub fn output_errors(&self) -> u64 {
+        self.output_errors.load(Ordering::Relaxed)
+    }
+
+    /// Writes out everything queued and flushes.
+    pub fn close(&mut self) {
+        self.queue = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn open_log(path: &Path) -> Result<BufWriter<File>, SinkError> {
+    let open = || {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)?;
+        }
+        OpenOptions::new().create(true).append(true).open(path)
+    };
+    open().map(BufWriter::new).map_err(|source| SinkError::Open { path: path.to_owned(), source })
+}
+
+fn write_lines(lines: Receiver<Vec<u8>>, stdout: bool, mut file: Option<BufWriter<File>>, errors: &AtomicU64) {
+    let mut out = stdout.then(|| BufWriter::new(io::stdout().lock()));
+    let mut failed_before = false;
+    let mut record = |result: io::Result<()>| {
+        if let Err(e) = result {
+            errors.fetch_add(1, Ordering::Relaxed);
+            // Logged once per run of failures, not once per event.
+            if !std::mem::replace(&mut failed_before, true) {
+                tracing::error!("writing events failed: {e}");
+            }
+        } else {
+            failed_before = false;
+        }
+    };
+    // Block for the first line, then take whatever else is already queued before flushing:
+    // one flush per burst, not per event.
+    while let Ok(first) = lines.recv() {
+        let mut line = Some(first);
+        while let Some(mut bytes) = line.take().or_else(|| lines.try_recv().ok()) {
+            bytes.push(b'\n');
+            if let Some(out) = out.as_mut() {
+                record(out.write_all(&bytes));
+            }
+            if let Some(file) = file.as_mut() {
+                record(file.write_all(&bytes));
+            }
+        }
+        if let Some(out) = out.as_mut() {
+            record(out.flush());
+        }
+        if let Some(file) = file.as_mut() {
+            record(file.flush());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_lines_to_a_new_log_file_and_appends() {
+        let dir = std::env::temp_dir().join(format!("imds-probe-sink-{}", std::process::id()));
+        let path = dir.join("nested/events.jsonl");
+        for line in ["{\"a\":1}", "{\"b\":2}"] {
+            let mut sink = Sink::start(Outputs { stdout: false, log_file: Some(path.clone()) }).unwrap();
+            assert_eq!(sink.offer(line.as_bytes().to_vec()), Offer::Queued);
+            sink.close();
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
