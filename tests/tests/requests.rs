@@ -1,0 +1,219 @@
+//! Every kind of request the first probe must see, classify and attribute, driven by real
+//! clients in a namespace of the test's own, against the real daemon and kernel programs.
+
+use imds_probe_tests::{Daemon, Netns, require_root};
+use serde_json::Value;
+
+const V1_PATH: &str = "http://169.254.169.254/latest/meta-data/instance-id";
+
+struct Setup {
+    ns: Netns,
+    _imds: imds_probe_tests::Server,
+    daemon: Daemon,
+}
+
+fn setup() -> Option<Setup> {
+    if !require_root() {
+        return None;
+    }
+    let daemon = Daemon::start(&["--backend", "sk-msg"]);
+    let ns = Netns::new();
+    let imds = ns.fake_imds("optional", &["169.254.169.254:8080", "169.254.169.253:80"]);
+    Some(Setup { ns, _imds: imds, daemon })
+}
+
+fn classes(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["class"].as_str().unwrap_or("?")).collect()
+}
+
+/// Python that connects to `addr` ("v4", "v6", "mapped") and runs `body` with socket `s`,
+/// then reads until the server has answered `responses` requests' worth or closes.
+fn py(addr: &str, body: &str) -> String {
+    let connect = match addr {
+        "v4" => "s = socket.create_connection(('169.254.169.254', 80))",
+        "v6" => "s = socket.create_connection(('fd00:ec2::254', 80))",
+        "mapped" => "s = socket.socket(socket.AF_INET6); s.connect(('::ffff:169.254.169.254', 80))",
+        other => panic!("{other}"),
+    };
+    format!(
+        "import socket, os, time\n{connect}\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n{body}\n\
+         s.shutdown(socket.SHUT_WR)\nwhile s.recv(65536): pass\ns.close()\n"
+    )
+}
+
+#[test]
+fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
+    let Some(mut t) = setup() else { return };
+    let (v1_pid, out) = t.ns.client("curl", &["-sf", V1_PATH]);
+    assert!(out.status.success());
+    let (put_pid, out) = t.ns.client(
+        "curl",
+        &["-sf", "-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 300", "http://169.254.169.254/latest/api/token"],
+    );
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert!(token.len() >= 16, "fake IMDS returned a token");
+    let header = format!("X-aws-ec2-metadata-token: {token}");
+    let (v2_pid, out) = t.ns.client("curl", &["-sf", "-H", &header, V1_PATH]);
+    assert!(out.status.success());
+
+    let v1 = &t.daemon.requests_from(v1_pid, 1)[0];
+    assert_eq!(v1["class"], "imdsv1");
+    assert_eq!(v1["method"], "GET");
+    assert_eq!(v1["path"], "/latest/meta-data/instance-id");
+    assert_eq!(v1["http_version"], "1.1");
+    assert_eq!(v1["remote"], "169.254.169.254:80");
+    assert_eq!(v1["backend"], "sk_msg");
+    assert!(v1["user_agent"].as_str().unwrap().starts_with("curl/"));
+    assert_eq!(v1["process"]["comm"], "curl");
+    assert!(v1["process"]["exe"].as_str().unwrap().ends_with("/curl"));
+    assert_eq!(v1["process"]["cmdline"][0], "curl");
+    assert_eq!(v1["process"]["uid"], 0);
+    assert!(v1["reason"].is_null());
+    // RFC 3339, UTC, microseconds.
+    let ts = v1["ts"].as_str().unwrap();
+    assert!(ts.ends_with('Z') && ts.len() == "2026-01-01T00:00:00.000000Z".len(), "{ts}");
+
+    let put = &t.daemon.requests_from(put_pid, 1)[0];
+    assert_eq!(put["class"], "token");
+    assert_eq!(put["method"], "PUT");
+    assert_eq!(put["token_ttl_seconds"], 300);
+
+    let v2 = &t.daemon.requests_from(v2_pid, 1)[0];
+    assert_eq!(v2["class"], "imdsv2");
+    assert_eq!(v2["process"]["cmdline"][3], "X-aws-ec2-metadata-token: [redacted]");
+
+    // The token appears nowhere: not in events, not in the log file, not in our own logs.
+    t.daemon.stop();
+    let log = std::fs::read_to_string(&t.daemon.log_file).unwrap();
+    for (what, text) in [("stdout", t.daemon.stdout()), ("log file", log.clone()), ("stderr", t.daemon.stderr())] {
+        assert!(!text.contains(token.trim()), "token leaked into {what}");
+    }
+    assert!(log.lines().count() >= 3, "log file has the events");
+}
+
+#[test]
+fn a_request_split_over_many_sends() {
+    let Some(t) = setup() else { return };
+    let pid = t.ns.python(&py(
+        "v4",
+        "for part in [b'GE', b'T /latest/meta-data/ HT', b'TP/1.1\\r\\nHost: x\\r\\nX-aws-ec2-', b'metadata-token: abc\\r', b'\\n\\r\\n']:\n    s.send(part); time.sleep(0.02)",
+    ));
+    let events = t.daemon.requests_from(pid, 1);
+    assert_eq!(classes(&events), ["imdsv2"]);
+    assert_eq!(events[0]["path"], "/latest/meta-data/");
+}
+
+#[test]
+fn writev_with_the_token_header_in_a_later_iovec() {
+    let Some(t) = setup() else { return };
+    let pid = t.ns.python(&py(
+        "v4",
+        "s.sendmsg([b'GET /latest/meta-data/ami-id HTTP/1.1\\r\\n', b'Host: 169.254.169.254\\r\\n', b'User-Agent: writev\\r\\n', b'X-aws-ec2-metadata-token: abc\\r\\n', b'\\r\\n'])",
+    ));
+    let events = t.daemon.requests_from(pid, 1);
+    assert_eq!(classes(&events), ["imdsv2"]);
+    assert_eq!(events[0]["user_agent"], "writev");
+}
+
+#[test]
+fn write_and_sendfile_are_seen() {
+    let Some(t) = setup() else { return };
+    let pid = t.ns.python(&py(
+        "v4",
+        "os.write(s.fileno(), b'GET /via-write HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         import tempfile\nf = tempfile.TemporaryFile()\nf.write(b'GET /via-sendfile HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); f.flush(); f.seek(0)\n\
+         os.sendfile(s.fileno(), f.fileno(), 0, 1024)",
+    ));
+    let events = t.daemon.requests_from(pid, 2);
+    let paths: Vec<_> = events.iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/via-write", "/via-sendfile"]);
+    assert_eq!(classes(&events), ["imdsv1", "imdsv1"]);
+}
+
+#[test]
+fn pipelined_requests_in_one_send() {
+    let Some(t) = setup() else { return };
+    let pid = t.ns.python(&py(
+        "v4",
+        "s.sendall(b'PUT /latest/api/token HTTP/1.1\\r\\nX-aws-ec2-metadata-token-ttl-seconds: 60\\r\\nContent-Length: 3\\r\\n\\r\\nabc'\n\
+         b'GET /a HTTP/1.1\\r\\nX-aws-ec2-metadata-token: t\\r\\n\\r\\nGET /b HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
+    ));
+    let events = t.daemon.requests_from(pid, 3);
+    assert_eq!(classes(&events), ["token", "imdsv2", "imdsv1"]);
+    let connections: Vec<_> = events.iter().map(|e| e["connection"].clone()).collect();
+    assert!(connections.windows(2).all(|w| w[0] == w[1]), "one connection");
+}
+
+#[test]
+fn ipv6_and_dual_stack_mapped_sockets() {
+    let Some(t) = setup() else { return };
+    let (v6_pid, out) = t.ns.client("curl", &["-sf", "http://[fd00:ec2::254]/latest/meta-data/"]);
+    assert!(out.status.success());
+    let v6 = &t.daemon.requests_from(v6_pid, 1)[0];
+    assert_eq!(v6["class"], "imdsv1");
+    assert_eq!(v6["remote"], "[fd00:ec2::254]:80");
+    assert_eq!(v6["socket_family"], "ipv6");
+
+    let mapped_pid = t.ns.python(&py("mapped", "s.sendall(b'GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')"));
+    let mapped = &t.daemon.requests_from(mapped_pid, 1)[0];
+    assert_eq!(mapped["class"], "imdsv1");
+    assert_eq!(mapped["remote"], "169.254.169.254:80");
+    assert_eq!(mapped["socket_family"], "ipv4_mapped");
+}
+
+#[test]
+fn lower_case_headers_and_a_large_header_block() {
+    let Some(t) = setup() else { return };
+    let pid = t.ns.python(&py(
+        "v4",
+        "s.sendall(b'GET /lower HTTP/1.1\\r\\nhost: x\\r\\nx-aws-ec2-metadata-token: t\\r\\nuser-agent: lower\\r\\n\\r\\n')\n\
+         filler = b''.join(b'X-Filler-%d: %s\\r\\n' % (i, b'a' * 200) for i in range(100))\n\
+         s.sendall(b'GET /large HTTP/1.1\\r\\n' + filler + b'X-AWS-EC2-METADATA-TOKEN: t\\r\\n\\r\\n')",
+    ));
+    let events = t.daemon.requests_from(pid, 2);
+    assert_eq!(classes(&events), ["imdsv2", "imdsv2"]);
+    assert_eq!(events[0]["user_agent"], "lower");
+    assert_eq!(events[1]["path"], "/large");
+}
+
+#[test]
+fn garbage_and_cut_off_requests_are_unknown_never_v1() {
+    let Some(t) = setup() else { return };
+    let garbage = t.ns.python(&py("v4", "s.sendall(bytes(range(256)) * 4)"));
+    let events = t.daemon.requests_from(garbage, 1);
+    assert_eq!(classes(&events), ["unknown"]);
+    assert_eq!(events[0]["reason"], "not_http");
+
+    let cut = t.ns.python(&py("v4", "s.sendall(b'GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\n')"));
+    let events = t.daemon.requests_from(cut, 1);
+    assert_eq!(classes(&events), ["unknown"]);
+    assert_eq!(events[0]["reason"], "incomplete_at_close");
+}
+
+#[test]
+fn other_ports_neighbouring_addresses_and_the_server_itself_produce_nothing() {
+    let Some(t) = setup() else { return };
+    let other_port = t.ns.python(
+        "import socket\ns = socket.create_connection(('169.254.169.254', 8080))\ns.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n')\ns.recv(100)",
+    );
+    let neighbour = t.ns.python(
+        "import socket\ns = socket.create_connection(('169.254.169.253', 80))\ns.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n')\ns.recv(100)",
+    );
+    // A request that must be seen, sent after the others: once it is there, anything the
+    // others produced would be there too.
+    let (marker, _) = t.ns.client("curl", &["-sf", V1_PATH]);
+    t.daemon.assert_none_from(other_port, marker);
+    t.daemon.assert_none_from(neighbour, marker);
+    t.daemon.assert_none_from(t._imds.pid(), marker);
+}
+
+#[test]
+fn sigterm_stops_cleanly_after_capturing() {
+    let Some(mut t) = setup() else { return };
+    let (pid, _) = t.ns.client("curl", &["-sf", V1_PATH]);
+    t.daemon.requests_from(pid, 1);
+    let status = t.daemon.stop();
+    assert!(status.success(), "exit status {status:?}; stderr:\n{}", t.daemon.stderr());
+    assert!(t.daemon.stderr().contains("draining"), "{}", t.daemon.stderr());
+}
