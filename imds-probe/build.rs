@@ -21,7 +21,11 @@ fn main() -> anyhow::Result<()> {
     if skip || !have_linker {
         println!(
             "cargo:warning=building without the eBPF object ({}); run `cargo xtask setup` for a working daemon",
-            if skip { "AYA_BUILD_SKIP" } else { "bpf-linker not found" }
+            if skip {
+                "AYA_BUILD_SKIP"
+            } else {
+                "bpf-linker not found"
+            }
         );
         fs::write(&object, [])?;
         return Ok(());
@@ -29,7 +33,11 @@ fn main() -> anyhow::Result<()> {
     let root_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../imds-probe-ebpf");
     let root_dir = root_dir.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "imds-probe-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "imds-probe-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

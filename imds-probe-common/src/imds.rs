@@ -8,7 +8,8 @@ pub const IMDS_IPV6: [u8; 16] = [
     0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
 ];
 /// ::ffff:169.254.169.254, what a dual-stack AF_INET6 socket (a JVM's) connects to.
-pub const IMDS_IPV4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 169, 254, 169, 254];
+pub const IMDS_IPV4_MAPPED: [u8; 16] =
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 169, 254, 169, 254];
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

@@ -54,5 +54,6 @@ pub struct SendRecord<const N: usize> {
     pub data: [u8; N],
 }
 
-const _: () =
-    assert!(core::mem::size_of::<SendRecord<CHUNK_BYTES>>() == SEND_CHUNK_HEADER_BYTES + CHUNK_BYTES);
+const _: () = assert!(
+    core::mem::size_of::<SendRecord<CHUNK_BYTES>>() == SEND_CHUNK_HEADER_BYTES + CHUNK_BYTES
+);

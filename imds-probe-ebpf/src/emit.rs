@@ -52,7 +52,11 @@ fn emit_sized<const N: usize>(meta: &SendMeta, stream_offset: u64, src: *const u
     // copy into its `data`; `src` is a kernel address the backend has bounds-checked for `len`.
     let copied = unsafe {
         (*record).chunk = SendChunk {
-            header: RecordHeader { kind: KIND_SEND, backend: meta.backend, ts_ns: bpf_ktime_get_ns() },
+            header: RecordHeader {
+                kind: KIND_SEND,
+                backend: meta.backend,
+                ts_ns: bpf_ktime_get_ns(),
+            },
             cookie: meta.cookie,
             pid_tgid: bpf_get_current_pid_tgid(),
             uid_gid: bpf_get_current_uid_gid(),
@@ -83,7 +87,11 @@ pub fn emit_close(backend: u32, cookie: u64) {
     };
     entry.write(Close {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
-        header: RecordHeader { kind: KIND_CLOSE, backend, ts_ns: unsafe { bpf_ktime_get_ns() } },
+        header: RecordHeader {
+            kind: KIND_CLOSE,
+            backend,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
         cookie,
     });
     entry.submit(0);

@@ -5,12 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, SockHash},
 };
+use imds_probe_common::{loss::LOSS_COUNTERS, record::RING_BUFFER_BYTES, send::MAX_CONNECTIONS};
+
 use crate::conn::{ConnKey, ConnState};
-use imds_probe_common::{
-    loss::LOSS_COUNTERS,
-    record::RING_BUFFER_BYTES,
-    send::MAX_CONNECTIONS,
-};
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);

@@ -7,7 +7,10 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, sk_msg_md},
-    helpers::{bpf_msg_pull_data, generated::{bpf_get_netns_cookie, bpf_loop}},
+    helpers::{
+        bpf_msg_pull_data,
+        generated::{bpf_get_netns_cookie, bpf_loop},
+    },
     macros::sk_msg,
     programs::SkMsgContext,
 };
@@ -49,7 +52,7 @@ fn key(ctx: &SkMsgContext) -> ConnKey {
 
 fn capture(ctx: &SkMsgContext) {
     let key = key(ctx);
-    let Some(state) = CONNECTIONS.get_ptr_mut(&key) else {
+    let Some(state) = CONNECTIONS.get_ptr_mut(key) else {
         count_loss(LOSS_CONNECTION_UNTRACKED);
         return;
     };
@@ -69,7 +72,12 @@ fn capture(ctx: &SkMsgContext) {
         family: key.family,
         send_size: size,
     };
-    let mut walk = ChunkWalk { ctx: ctx.msg, meta, base, size };
+    let mut walk = ChunkWalk {
+        ctx: ctx.msg,
+        meta,
+        base,
+        size,
+    };
     // bpf_loop keeps the verifier's work to one pass over the body, where an unrolled or
     // bounded loop of this size explodes its state count.
     // SAFETY: the callback has the signature bpf_loop expects and only touches `walk`.
@@ -103,7 +111,11 @@ extern "C" fn emit_one_chunk(index: u64, walk: *mut ChunkWalk) -> i64 {
     if start >= walk.size {
         return 1;
     }
-    let end = if walk.size - start > chunk { start + chunk } else { walk.size };
+    let end = if walk.size - start > chunk {
+        start + chunk
+    } else {
+        walk.size
+    };
     // Makes [start, end) one linear run even when it spans scatterlist pages.
     // SAFETY: `walk.ctx` is the program's context, live for the whole run.
     if unsafe { bpf_msg_pull_data(walk.ctx, start, end, 0) } != 0 {
@@ -113,6 +125,11 @@ extern "C" fn emit_one_chunk(index: u64, walk: *mut ChunkWalk) -> i64 {
     let ctx = SkMsgContext::new(walk.ctx);
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let len = data_end.saturating_sub(data) as u32;
-    emit_chunk(&walk.meta, walk.base + u64::from(start), data as *const u8, len);
+    emit_chunk(
+        &walk.meta,
+        walk.base + u64::from(start),
+        data as *const u8,
+        len,
+    );
     0
 }

@@ -55,14 +55,17 @@ fn on_established(ctx: &SockOpsContext) {
     // SAFETY: `ctx.ops` is the program's own context pointer.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let state = ConnState { cookie, offset: 0 };
-    if CONNECTIONS.insert(&key, &state, u64::from(BPF_NOEXIST)).is_err() {
+    if CONNECTIONS
+        .insert(key, state, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
         count_loss(LOSS_CONNECTION_UNTRACKED);
         return;
     }
     // SAFETY: `ctx.ops` is the live bpf_sock_ops of this callback.
     let enrolled = IMDS_SOCKETS.update(cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST));
     if enrolled.is_err() || ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_err() {
-        let _ = CONNECTIONS.remove(&key);
+        let _ = CONNECTIONS.remove(key);
         count_loss(LOSS_CONNECTION_UNTRACKED);
     }
 }
@@ -72,9 +75,9 @@ fn on_close(ctx: &SockOpsContext) {
     // Another sock_ops program on the cgroup may have asked for state callbacks on any
     // socket; only ours are in the table.
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(cookie) = (unsafe { CONNECTIONS.get(&key) }).map(|state| state.cookie) else {
+    let Some(cookie) = (unsafe { CONNECTIONS.get(key) }).map(|state| state.cookie) else {
         return;
     };
-    let _ = CONNECTIONS.remove(&key);
+    let _ = CONNECTIONS.remove(key);
     emit_close(BACKEND_SK_MSG, cookie);
 }

@@ -45,12 +45,23 @@ mod tests {
     #[test]
     fn classes() {
         assert_eq!(
-            class_of("PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n"),
+            class_of(
+                "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n"
+            ),
             Class::Token
         );
-        assert_eq!(class_of("GET /latest/meta-data/ HTTP/1.1\r\nX-aws-ec2-metadata-token: t\r\n\r\n"), Class::Imdsv2);
-        assert_eq!(class_of("GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n"), Class::Imdsv1);
+        assert_eq!(
+            class_of("GET /latest/meta-data/ HTTP/1.1\r\nX-aws-ec2-metadata-token: t\r\n\r\n"),
+            Class::Imdsv2
+        );
+        assert_eq!(
+            class_of("GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Class::Imdsv1
+        );
         // A token GET with the wrong method is a token-less request, which is what IMDS sees.
-        assert_eq!(class_of("GET /latest/api/token HTTP/1.1\r\n\r\n"), Class::Imdsv1);
+        assert_eq!(
+            class_of("GET /latest/api/token HTTP/1.1\r\n\r\n"),
+            Class::Imdsv1
+        );
     }
 }

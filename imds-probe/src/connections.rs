@@ -26,7 +26,10 @@ pub struct ConnectionTable {
 
 impl ConnectionTable {
     pub fn new(capacity: usize) -> Self {
-        Self { connections: HashMap::new(), capacity }
+        Self {
+            connections: HashMap::new(),
+            capacity,
+        }
     }
 
     /// The connection for `cookie`, created by `make` if new. Returns the evicted
@@ -38,7 +41,11 @@ impl ConnectionTable {
     ) -> (&mut Connection, Option<(u64, Connection)>) {
         let mut evicted = None;
         if !self.connections.contains_key(&cookie) && self.connections.len() >= self.capacity {
-            let oldest = self.connections.iter().min_by_key(|(_, c)| c.last_seen_ns).map(|(&k, _)| k);
+            let oldest = self
+                .connections
+                .iter()
+                .min_by_key(|(_, c)| c.last_seen_ns)
+                .map(|(&k, _)| k);
             evicted = oldest.and_then(|k| self.connections.remove(&k).map(|c| (k, c)));
         }
         (self.connections.entry(cookie).or_insert_with(make), evicted)
@@ -70,7 +77,14 @@ mod tests {
             stream: RequestStream::default(),
             remote: Remote::new(imds_probe_common::imds::IMDS_IPV4_MAPPED, 80, 2),
             backend: Backend::SkMsg,
-            last_sender: Sender { pid: 1, tid: 1, uid: 0, gid: 0, comm: "x".into(), cgroup_id: 0 },
+            last_sender: Sender {
+                pid: 1,
+                tid: 1,
+                uid: 0,
+                gid: 0,
+                comm: "x".into(),
+                cgroup_id: 0,
+            },
             last_seen_ns: seen,
         }
     }
@@ -80,7 +94,10 @@ mod tests {
         let mut table = ConnectionTable::new(2);
         assert!(table.entry(1, || conn(10)).1.is_none());
         assert!(table.entry(2, || conn(5)).1.is_none());
-        assert!(table.entry(1, || conn(99)).1.is_none(), "existing entries never evict");
+        assert!(
+            table.entry(1, || conn(99)).1.is_none(),
+            "existing entries never evict"
+        );
         let (_, evicted) = table.entry(3, || conn(20));
         assert_eq!(evicted.map(|(k, _)| k), Some(2));
         assert_eq!(table.len(), 2);

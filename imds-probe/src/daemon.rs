@@ -24,12 +24,21 @@ pub struct RunOptions {
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
-    let sink = Sink::start(Outputs { stdout: options.stdout, log_file: options.log_file.clone() })?;
+    let sink = Sink::start(Outputs {
+        stdout: options.stdout,
+        log_file: options.log_file.clone(),
+    })?;
     let mut pipeline = Pipeline::new(sink);
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let backend::Probe { backend, ebpf, ring, loss } = backend::start(options.backend)?;
+    let backend::Probe {
+        backend,
+        ebpf,
+        ring,
+        loss,
+    } = backend::start(options.backend)?;
     // SAFETY: the RingBuf owns its map fd and returns that same fd from as_raw_fd for as long
     // as it lives, and the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }

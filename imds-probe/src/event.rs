@@ -2,15 +2,15 @@
 //! and meanings are documented in the README; change them only with a note there.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::Ipv6Addr,
     time::{Duration, SystemTime},
 };
 
 use serde::Serialize;
 
 use crate::{
-    attribution::ProcessJson, backend::Backend, classify::Class, http::RequestHead, loss::LossCounts,
-    reassembly::UnknownReason,
+    attribution::ProcessJson, backend::Backend, classify::Class, http::RequestHead,
+    loss::LossCounts, reassembly::UnknownReason,
 };
 
 #[derive(Debug, Serialize)]
@@ -55,7 +55,11 @@ impl RequestEvent {
             path: Some(head.path),
             http_version: Some(head.http_version),
             user_agent: head.user_agent,
-            token_ttl_seconds: if class == Class::Token { head.token_ttl_seconds } else { None },
+            token_ttl_seconds: if class == Class::Token {
+                head.token_ttl_seconds
+            } else {
+                None
+            },
             remote: ctx.remote.endpoint.clone(),
             socket_family: ctx.remote.family,
             backend: ctx.backend,
@@ -111,10 +115,17 @@ impl Remote {
         let v6 = Ipv6Addr::from(addr);
         match v6.to_ipv4_mapped() {
             Some(v4) => Self {
-                endpoint: format!("{}:{port}", Ipv4Addr::from(v4)),
-                family: if family == imds_probe_common::imds::AF_INET { "ipv4" } else { "ipv4_mapped" },
+                endpoint: format!("{v4}:{port}"),
+                family: if family == imds_probe_common::imds::AF_INET {
+                    "ipv4"
+                } else {
+                    "ipv4_mapped"
+                },
             },
-            None => Self { endpoint: format!("[{v6}]:{port}"), family: "ipv6" },
+            None => Self {
+                endpoint: format!("[{v6}]:{port}"),
+                family: "ipv6",
+            },
         }
     }
 }
@@ -176,16 +187,29 @@ mod tests {
     #[test]
     fn remotes() {
         let v4 = Remote::new(imds_probe_common::imds::IMDS_IPV4_MAPPED, 80, 2);
-        assert_eq!((v4.endpoint.as_str(), v4.family), ("169.254.169.254:80", "ipv4"));
+        assert_eq!(
+            (v4.endpoint.as_str(), v4.family),
+            ("169.254.169.254:80", "ipv4")
+        );
         let mapped = Remote::new(imds_probe_common::imds::IMDS_IPV4_MAPPED, 80, 10);
-        assert_eq!((mapped.endpoint.as_str(), mapped.family), ("169.254.169.254:80", "ipv4_mapped"));
+        assert_eq!(
+            (mapped.endpoint.as_str(), mapped.family),
+            ("169.254.169.254:80", "ipv4_mapped")
+        );
         let v6 = Remote::new(imds_probe_common::imds::IMDS_IPV6, 80, 10);
-        assert_eq!((v6.endpoint.as_str(), v6.family), ("[fd00:ec2::254]:80", "ipv6"));
+        assert_eq!(
+            (v6.endpoint.as_str(), v6.family),
+            ("[fd00:ec2::254]:80", "ipv6")
+        );
     }
 
     #[test]
     fn timestamps_are_rfc3339_micros_utc() {
-        let ts = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789));
-        assert_eq!(serde_json::to_string(&ts).unwrap(), "\"2023-11-14T22:13:20.123456Z\"");
+        let ts =
+            Timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789));
+        assert_eq!(
+            serde_json::to_string(&ts).unwrap(),
+            "\"2023-11-14T22:13:20.123456Z\""
+        );
     }
 }

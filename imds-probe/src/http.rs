@@ -63,7 +63,8 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
         Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(Invalid::TooManyHeaders),
         Err(_) => return Parsed::Invalid(Invalid::NotHttp),
     };
-    let (Some(method), Some(path), Some(version)) = (request.method, request.path, request.version) else {
+    let (Some(method), Some(path), Some(version)) = (request.method, request.path, request.version)
+    else {
         return Parsed::Invalid(Invalid::NotHttp);
     };
     let mut head = RequestHead {
@@ -82,11 +83,15 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
         if name.eq_ignore_ascii_case(TOKEN_HEADER) {
             head.has_token = true;
         } else if name.eq_ignore_ascii_case(TOKEN_TTL_HEADER) {
-            head.token_ttl_seconds = std::str::from_utf8(header.value).ok().and_then(|v| v.trim().parse().ok());
+            head.token_ttl_seconds = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
         } else if name.eq_ignore_ascii_case("user-agent") {
             head.user_agent = Some(bounded(header.value));
         } else if name.eq_ignore_ascii_case("content-length") {
-            let parsed = std::str::from_utf8(header.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            let parsed = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
             match (content_length, parsed) {
                 (None, Some(len)) => content_length = Some(len),
                 (Some(previous), Some(len)) if previous == len => {}
@@ -142,8 +147,14 @@ mod tests {
 
     #[test]
     fn body_delimitation() {
-        assert_eq!(complete(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").body, Body::Length(5));
-        assert_eq!(complete(b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n").body, Body::None);
+        assert_eq!(
+            complete(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").body,
+            Body::Length(5)
+        );
+        assert_eq!(
+            complete(b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n").body,
+            Body::None
+        );
         assert_eq!(
             complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").body,
             Body::Undelimited
@@ -156,9 +167,18 @@ mod tests {
 
     #[test]
     fn partial_and_invalid() {
-        assert_eq!(parse_head(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial);
-        assert_eq!(parse_head(b"\x16\x03\x01\x02\x00\x01\x00"), Parsed::Invalid(Invalid::NotHttp));
-        assert_eq!(parse_head(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Parsed::Invalid(Invalid::NotHttp));
+        assert_eq!(
+            parse_head(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n"),
+            Parsed::Partial
+        );
+        assert_eq!(
+            parse_head(b"\x16\x03\x01\x02\x00\x01\x00"),
+            Parsed::Invalid(Invalid::NotHttp)
+        );
+        assert_eq!(
+            parse_head(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Parsed::Invalid(Invalid::NotHttp)
+        );
         let many: String = (0..300).map(|i| format!("h{i}: v\r\n")).collect();
         assert_eq!(
             parse_head(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),

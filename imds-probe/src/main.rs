@@ -43,13 +43,22 @@ enum Command {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("IMDS_PROBE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("IMDS_PROBE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
-        Command::Run { backend, log_file, no_stdout, loss_report_interval } => runtime.block_on(daemon::run(RunOptions {
+        Command::Run {
+            backend,
+            log_file,
+            no_stdout,
+            loss_report_interval,
+        } => runtime.block_on(daemon::run(RunOptions {
             backend,
             log_file,
             stdout: !no_stdout,

@@ -53,7 +53,12 @@ impl Pipeline {
                     self.out.counts.decode_errors += 1;
                     return;
                 };
-                let sender = Sender::from_kernel(chunk.pid_tgid, chunk.uid_gid, chunk.cgroup_id, &chunk.comm);
+                let sender = Sender::from_kernel(
+                    chunk.pid_tgid,
+                    chunk.uid_gid,
+                    chunk.cgroup_id,
+                    &chunk.comm,
+                );
                 let ts = chunk.header.ts_ns;
                 let (connection, evicted) = self.connections.entry(chunk.cookie, || Connection {
                     stream: RequestStream::default(),
@@ -64,7 +69,9 @@ impl Pipeline {
                 });
                 connection.last_sender = sender;
                 connection.last_seen_ns = ts;
-                connection.stream.feed(chunk.stream_offset, data, &mut self.items);
+                connection
+                    .stream
+                    .feed(chunk.stream_offset, data, &mut self.items);
                 self.out.emit(chunk.cookie, connection, ts, &mut self.items);
                 if let Some((cookie, mut old)) = evicted {
                     self.out.counts.connections_evicted += 1;
@@ -74,8 +81,15 @@ impl Pipeline {
             }
             Ok(Record::Close(close)) => {
                 if let Some(mut connection) = self.connections.remove(close.cookie) {
-                    connection.stream.finish(UnknownReason::IncompleteAtClose, &mut self.items);
-                    self.out.emit(close.cookie, &connection, close.header.ts_ns, &mut self.items);
+                    connection
+                        .stream
+                        .finish(UnknownReason::IncompleteAtClose, &mut self.items);
+                    self.out.emit(
+                        close.cookie,
+                        &connection,
+                        close.header.ts_ns,
+                        &mut self.items,
+                    );
                 }
             }
             Err(e) => {
@@ -96,7 +110,9 @@ impl Pipeline {
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
             .unwrap_or(0);
         for (cookie, mut connection) in self.connections.drain() {
-            connection.stream.finish(UnknownReason::IncompleteAtShutdown, &mut self.items);
+            connection
+                .stream
+                .finish(UnknownReason::IncompleteAtShutdown, &mut self.items);
             self.out.emit(cookie, &connection, now, &mut self.items);
         }
     }
@@ -153,7 +169,11 @@ impl Emitter {
         }
         tracing::warn!(?since_last, ?total, "events were lost");
         self.reported = total;
-        self.write(&LossEvent { ts: self.clock.now(), event: LossEvent::NAME, since_last, total });
+        self.write(&LossEvent {
+            ts: self.clock.now(),
+            event: LossEvent::NAME,
+            since_last,
+            total,
+        });
     }
-
 }

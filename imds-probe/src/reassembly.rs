@@ -71,7 +71,11 @@ pub struct RequestStream {
 
 impl Default for RequestStream {
     fn default() -> Self {
-        Self { pending: Vec::new(), state: State::Head, next_offset: 0 }
+        Self {
+            pending: Vec::new(),
+            state: State::Head,
+            next_offset: 0,
+        }
     }
 }
 
@@ -102,7 +106,11 @@ impl RequestStream {
                     let skip = remaining.min(data.len() as u64);
                     data = &data[skip as usize..];
                     let left = remaining - skip;
-                    self.state = if left == 0 { State::Head } else { State::Body(left) };
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Body(left)
+                    };
                 }
                 State::Head => {
                     let consumed = self.parse(data, out);
@@ -200,14 +208,18 @@ mod tests {
         items
             .iter()
             .map(|item| match item {
-                Item::Request(head) => format!("{} {} token={}", head.method, head.path, head.has_token),
+                Item::Request(head) => {
+                    format!("{} {} token={}", head.method, head.path, head.has_token)
+                }
                 Item::Unknown(reason) => format!("unknown {reason:?}"),
             })
             .collect()
     }
 
-    const V1: &[u8] = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n";
-    const V2: &[u8] = b"GET /latest/meta-data/ HTTP/1.1\r\nx-aws-ec2-metadata-token: SECRET\r\n\r\n";
+    const V1: &[u8] =
+        b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n";
+    const V2: &[u8] =
+        b"GET /latest/meta-data/ HTTP/1.1\r\nx-aws-ec2-metadata-token: SECRET\r\n\r\n";
     const PUT: &[u8] =
         b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: 4\r\n\r\nbody";
 
@@ -216,7 +228,11 @@ mod tests {
         let all = [PUT, V2, V1].concat();
         assert_eq!(
             summary(&run(&[&all])),
-            ["PUT /latest/api/token token=false", "GET /latest/meta-data/ token=true", "GET /latest/meta-data/instance-id token=false"]
+            [
+                "PUT /latest/api/token token=false",
+                "GET /latest/meta-data/ token=true",
+                "GET /latest/meta-data/instance-id token=false"
+            ]
         );
     }
 
@@ -237,19 +253,31 @@ mod tests {
 
     #[test]
     fn garbage_and_undelimited_bodies() {
-        assert_eq!(summary(&run(&[b"\x00\x01garbage\r\n\r\n", V1])), ["unknown NotHttp"]);
-        let chunked = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(
+            summary(&run(&[b"\x00\x01garbage\r\n\r\n", V1])),
+            ["unknown NotHttp"]
+        );
+        let chunked =
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         assert_eq!(summary(&run(&[chunked, V1])), ["POST /x token=false"]);
     }
 
     #[test]
     fn large_head_is_parsed_and_oversized_head_is_unknown() {
         let filler = format!("X-Filler: {}\r\n", "a".repeat(100)).repeat(160); // ~17 KiB
-        let big = format!("GET /latest/meta-data/ HTTP/1.1\r\n{filler}x-aws-ec2-metadata-token: t\r\n\r\n");
+        let big = format!(
+            "GET /latest/meta-data/ HTTP/1.1\r\n{filler}x-aws-ec2-metadata-token: t\r\n\r\n"
+        );
         let chunks: Vec<&[u8]> = big.as_bytes().chunks(4096).collect();
-        assert_eq!(summary(&run(&chunks)), ["GET /latest/meta-data/ token=true"]);
+        assert_eq!(
+            summary(&run(&chunks)),
+            ["GET /latest/meta-data/ token=true"]
+        );
 
-        let huge = format!("GET / HTTP/1.1\r\n{}", format!("X-Filler: {}\r\n", "a".repeat(1000)).repeat(100));
+        let huge = format!(
+            "GET / HTTP/1.1\r\n{}",
+            format!("X-Filler: {}\r\n", "a".repeat(1000)).repeat(100)
+        );
         let chunks: Vec<&[u8]> = huge.as_bytes().chunks(4096).collect();
         assert_eq!(summary(&run(&chunks)), ["unknown HeadTooLarge"]);
     }
@@ -261,7 +289,10 @@ mod tests {
             Just(PUT.to_vec()),
             Just(b"GET /a HTTP/1.0\r\nUSER-AGENT: x\r\n\r\n".to_vec()),
         ];
-        (prop::collection::vec(request, 0..6), prop::option::of(prop::collection::vec(any::<u8>(), 1..40)))
+        (
+            prop::collection::vec(request, 0..6),
+            prop::option::of(prop::collection::vec(any::<u8>(), 1..40)),
+        )
             .prop_map(|(requests, tail)| {
                 let mut bytes = requests.concat();
                 bytes.extend(tail.unwrap_or_default());

@@ -27,7 +27,11 @@ pub fn redact_cmdline(args: Vec<String>) -> Vec<String> {
             match after.find([':', '=']) {
                 Some(sep) => {
                     let spaces = after[sep + 1..].len() - after[sep + 1..].trim_start().len();
-                    format!("{}{}{REDACTED}", &arg[..at + TOKEN_HEADER.len()], &after[..=sep + spaces])
+                    format!(
+                        "{}{}{REDACTED}",
+                        &arg[..at + TOKEN_HEADER.len()],
+                        &after[..=sep + spaces]
+                    )
                 }
                 None => {
                     redact_next = after.trim().is_empty();
@@ -51,8 +55,18 @@ mod tests {
     #[test]
     fn redacts_header_values() {
         assert_eq!(
-            redact_cmdline(args(&["curl", "-H", "X-aws-ec2-metadata-token: AQAE123==", "http://169.254.169.254/"])),
-            args(&["curl", "-H", "X-aws-ec2-metadata-token: [redacted]", "http://169.254.169.254/"])
+            redact_cmdline(args(&[
+                "curl",
+                "-H",
+                "X-aws-ec2-metadata-token: AQAE123==",
+                "http://169.254.169.254/"
+            ])),
+            args(&[
+                "curl",
+                "-H",
+                "X-aws-ec2-metadata-token: [redacted]",
+                "http://169.254.169.254/"
+            ])
         );
         assert_eq!(
             redact_cmdline(args(&["tool", "--header=x-aws-ec2-metadata-token:abc"])),

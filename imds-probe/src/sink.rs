@@ -58,7 +58,11 @@ impl Sink {
             .name("imds-probe-sink".into())
             .spawn(move || write_lines(lines, stdout, file, &errors))
             .map_err(SinkError::Thread)?;
-        Ok(Self { queue: Some(queue), writer: Some(writer), output_errors })
+        Ok(Self {
+            queue: Some(queue),
+            writer: Some(writer),
+            output_errors,
+        })
     }
 
     /// Queues one JSON line (without its newline).
@@ -95,10 +99,20 @@ fn open_log(path: &Path) -> Result<BufWriter<File>, SinkError> {
         }
         OpenOptions::new().create(true).append(true).open(path)
     };
-    open().map(BufWriter::new).map_err(|source| SinkError::Open { path: path.to_owned(), source })
+    open()
+        .map(BufWriter::new)
+        .map_err(|source| SinkError::Open {
+            path: path.to_owned(),
+            source,
+        })
 }
 
-fn write_lines(lines: Receiver<Vec<u8>>, stdout: bool, mut file: Option<BufWriter<File>>, errors: &AtomicU64) {
+fn write_lines(
+    lines: Receiver<Vec<u8>>,
+    stdout: bool,
+    mut file: Option<BufWriter<File>>,
+    errors: &AtomicU64,
+) {
     let mut out = stdout.then(|| BufWriter::new(io::stdout().lock()));
     let mut failed_before = false;
     let mut record = |result: io::Result<()>| {
@@ -143,7 +157,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("imds-probe-sink-{}", std::process::id()));
         let path = dir.join("nested/events.jsonl");
         for line in ["{\"a\":1}", "{\"b\":2}"] {
-            let mut sink = Sink::start(Outputs { stdout: false, log_file: Some(path.clone()) }).unwrap();
+            let mut sink = Sink::start(Outputs {
+                stdout: false,
+                log_file: Some(path.clone()),
+            })
+            .unwrap();
             assert_eq!(sink.offer(line.as_bytes().to_vec()), Offer::Queued);
             sink.close();
         }

@@ -59,7 +59,8 @@ fn check_privileges() -> Result<(), SystemError> {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let status = fs::read_to_string("/proc/self/status").map_err(SystemError::from_io("read /proc/self/status"))?;
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(SystemError::from_io("read /proc/self/status"))?;
     let effective = status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))
@@ -75,7 +76,8 @@ fn check_privileges() -> Result<(), SystemError> {
 
 /// Mount points of a filesystem type, from /proc/self/mountinfo.
 fn mounts_of(fstype: &str) -> Result<Vec<PathBuf>, SystemError> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(SystemError::from_io("read /proc/self/mountinfo"))?;
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(SystemError::from_io("read /proc/self/mountinfo"))?;
     Ok(parse_mounts(&info, fstype))
 }
 
@@ -97,8 +99,15 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
             i += 4;
         } else {
             out.push(bytes[i]);
@@ -113,8 +122,17 @@ fn ensure_bpffs() -> Result<(), SystemError> {
         return Ok(());
     }
     fs::create_dir_all(BPFFS).map_err(SystemError::from_io("create /sys/fs/bpf"))?;
-    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>)
-        .map_err(|e| SystemError::Io { what: "mount bpffs on /sys/fs/bpf", source: e.into() })?;
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| SystemError::Io {
+        what: "mount bpffs on /sys/fs/bpf",
+        source: e.into(),
+    })?;
     tracing::info!("mounted bpffs on {BPFFS}");
     Ok(())
 }
@@ -126,11 +144,19 @@ pub fn cgroup2_root() -> Result<PathBuf, SystemError> {
     }
     let mut errors = Vec::new();
     for candidate in CGROUP2_FALLBACKS {
-        let occupied = fs::read_dir(candidate).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let occupied = fs::read_dir(candidate)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
         if occupied || fs::create_dir_all(candidate).is_err() {
             continue;
         }
-        match nix::mount::mount(Some("cgroup2"), candidate, Some("cgroup2"), MsFlags::empty(), None::<&str>) {
+        match nix::mount::mount(
+            Some("cgroup2"),
+            candidate,
+            Some("cgroup2"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
             Ok(()) => {
                 tracing::info!("mounted cgroup2 on {candidate}");
                 return Ok(PathBuf::from(candidate));
@@ -138,7 +164,11 @@ pub fn cgroup2_root() -> Result<PathBuf, SystemError> {
             Err(e) => errors.push(format!("{candidate}: {e}")),
         }
     }
-    Err(SystemError::NoCgroup2(if errors.is_empty() { "no free mount point".into() } else { errors.join("; ") }))
+    Err(SystemError::NoCgroup2(if errors.is_empty() {
+        "no free mount point".into()
+    } else {
+        errors.join("; ")
+    }))
 }
 
 #[cfg(test)]
@@ -154,9 +184,15 @@ mod tests {
 ";
         assert_eq!(
             parse_mounts(info, "cgroup2"),
-            vec![PathBuf::from("/sys/fs/cgroup/unified"), PathBuf::from("/mnt/with space")]
+            vec![
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                PathBuf::from("/mnt/with space")
+            ]
         );
-        assert_eq!(parse_mounts(info, "bpf"), vec![PathBuf::from("/sys/fs/bpf")]);
+        assert_eq!(
+            parse_mounts(info, "bpf"),
+            vec![PathBuf::from("/sys/fs/bpf")]
+        );
         assert!(parse_mounts(info, "tracefs").is_empty());
     }
 }

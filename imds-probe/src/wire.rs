@@ -47,7 +47,10 @@ impl<'a> TryFrom<&'a [u8]> for Record<'a> {
                 let payload = &bytes[SEND_CHUNK_HEADER_BYTES..];
                 let data = payload
                     .get(..chunk.len as usize)
-                    .ok_or(DecodeError::Length { claimed: chunk.len, carried: payload.len() })?;
+                    .ok_or(DecodeError::Length {
+                        claimed: chunk.len,
+                        carried: payload.len(),
+                    })?;
                 Ok(Record::Send { chunk, data })
             }
             KIND_CLOSE => Ok(Record::Close(read(bytes)?)),
@@ -62,12 +65,17 @@ mod tests {
 
     fn as_bytes<T>(value: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain-integer #[repr(C)] value as bytes.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
     }
 
     fn chunk(len: u32) -> SendChunk {
         SendChunk {
-            header: RecordHeader { kind: KIND_SEND, backend: 1, ts_ns: 7 },
+            header: RecordHeader {
+                kind: KIND_SEND,
+                backend: 1,
+                ts_ns: 7,
+            },
             cookie: 42,
             pid_tgid: 0,
             uid_gid: 0,
@@ -99,17 +107,36 @@ mod tests {
 
     #[test]
     fn rejects_short_unknown_and_overlong_records() {
-        assert_eq!(Record::try_from(&[1u8, 0][..]).unwrap_err(), DecodeError::Short(2));
+        assert_eq!(
+            Record::try_from(&[1u8, 0][..]).unwrap_err(),
+            DecodeError::Short(2)
+        );
         let mut unknown = as_bytes(&chunk(0));
         unknown[0] = 99;
-        assert_eq!(Record::try_from(&unknown[..]).unwrap_err(), DecodeError::UnknownKind(99));
+        assert_eq!(
+            Record::try_from(&unknown[..]).unwrap_err(),
+            DecodeError::UnknownKind(99)
+        );
         let overlong = as_bytes(&chunk(10));
-        assert!(matches!(Record::try_from(&overlong[..]), Err(DecodeError::Length { claimed: 10, .. })));
+        assert!(matches!(
+            Record::try_from(&overlong[..]),
+            Err(DecodeError::Length { claimed: 10, .. })
+        ));
     }
 
     #[test]
     fn decodes_close() {
-        let close = Close { header: RecordHeader { kind: KIND_CLOSE, backend: 1, ts_ns: 1 }, cookie: 9 };
-        assert!(matches!(Record::try_from(&as_bytes(&close)[..]), Ok(Record::Close(Close { cookie: 9, .. }))));
+        let close = Close {
+            header: RecordHeader {
+                kind: KIND_CLOSE,
+                backend: 1,
+                ts_ns: 1,
+            },
+            cookie: 9,
+        };
+        assert!(matches!(
+            Record::try_from(&as_bytes(&close)[..]),
+            Ok(Record::Close(Close { cookie: 9, .. }))
+        ));
     }
 }

@@ -23,16 +23,23 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Where the built binaries are: $IMDS_PROBE_BIN_DIR (set by `cargo xtask test`), else the
 /// workspace's release, then debug, directory.
 pub fn bin(name: &str) -> PathBuf {
-    let candidates = std::env::var_os("IMDS_PROBE_BIN_DIR").map(PathBuf::from).into_iter().chain(
-        ["release", "debug"].map(|profile| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target").join(profile)),
-    );
+    let candidates = std::env::var_os("IMDS_PROBE_BIN_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(["release", "debug"].map(|profile| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target")
+                .join(profile)
+        }));
     for dir in candidates {
         let path = dir.join(name);
         if path.is_file() {
             return path;
         }
     }
-    panic!("binary {name} not found: run `cargo xtask test`, or build with `cargo build --release -p imds-probe --bins`")
+    panic!(
+        "binary {name} not found: run `cargo xtask test`, or build with `cargo build --release -p imds-probe --bins`"
+    )
 }
 
 /// Privileged tests need root. They fail rather than pass silently without it, unless the
@@ -46,12 +53,18 @@ pub fn require_root() -> bool {
         eprintln!("skipped: not root and IMDS_PROBE_SKIP_PRIVILEGED is set");
         return false;
     }
-    panic!("privileged integration test: run as root (or set IMDS_PROBE_SKIP_PRIVILEGED=1 to skip)");
+    panic!(
+        "privileged integration test: run as root (or set IMDS_PROBE_SKIP_PRIVILEGED=1 to skip)"
+    );
 }
 
 fn run(cmd: &mut Command) -> Output {
     let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(output.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     output
 }
 
@@ -64,7 +77,11 @@ pub struct Netns {
 impl Netns {
     pub fn new() -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!("imdsp-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "imdsp-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);
@@ -103,20 +120,37 @@ impl Netns {
     /// Runs Python code inside the namespace; asserts it succeeded; returns its pid.
     pub fn python(&self, code: &str) -> u32 {
         let (pid, output) = self.client("python3", &["-c", code]);
-        assert!(output.status.success(), "python client failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "python client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         pid
     }
 
     /// Starts the project's fake IMDS in the namespace and waits until it listens.
     pub fn fake_imds(&self, mode: &str, extra_listen: &[&str]) -> Server {
         let mut cmd = self.command(bin("fake-imds"));
-        cmd.args(["--mode", mode, "--listen", "169.254.169.254:80", "--listen", "[fd00:ec2::254]:80"]);
+        cmd.args([
+            "--mode",
+            mode,
+            "--listen",
+            "169.254.169.254:80",
+            "--listen",
+            "[fd00:ec2::254]:80",
+        ]);
         for listen in extra_listen {
             cmd.args(["--listen", listen]);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn fake-imds");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fake-imds");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("read fake-imds");
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("read fake-imds");
         assert_eq!(line.trim(), "listening", "fake-imds did not start");
         Server { child }
     }
@@ -131,12 +165,17 @@ impl Default for Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Processes still inside would keep it alive; kill them first.
-        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|out| {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|out| {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -177,7 +216,9 @@ impl Daemon {
     /// Starts `imds-probe run` with `args` and waits for READY=1 on its $NOTIFY_SOCKET.
     pub fn start(args: &[&str]) -> Self {
         // A test that failed while holding the turn poisons it; the next one may still run.
-        let turn = ONE_DAEMON.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let turn = ONE_DAEMON
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = TempDir::new("daemon");
         let notify_path = dir.0.join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
@@ -201,7 +242,8 @@ impl Daemon {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 raw.lock().unwrap().push_str(&line);
                 raw.lock().unwrap().push('\n');
-                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
                 let (lock, cvar) = &*sink;
                 lock.lock().unwrap().push(value);
                 cvar.notify_all();
@@ -215,19 +257,35 @@ impl Daemon {
                 if n == 0 {
                     break;
                 }
-                err_sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                err_sink
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut daemon =
-            Self { _turn: turn, child: Some(child), events, stderr, raw_stdout, log_file, _notify_dir: dir };
+        let mut daemon = Self {
+            _turn: turn,
+            child: Some(child),
+            events,
+            stderr,
+            raw_stdout,
+            log_file,
+            _notify_dir: dir,
+        };
         let mut buf = [0u8; 256];
         loop {
             match notify.recv(&mut buf) {
                 Ok(n) if buf[..n].windows(7).any(|w| w == b"READY=1") => break,
                 Ok(_) => continue,
                 Err(e) => {
-                    let status = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                    panic!("no READY=1 from imds-probe ({e}); exit: {status:?}; stderr:\n{}", daemon.stderr());
+                    let status = daemon
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten());
+                    panic!(
+                        "no READY=1 from imds-probe ({e}); exit: {status:?}; stderr:\n{}",
+                        daemon.stderr()
+                    );
                 }
             }
         }
@@ -249,7 +307,11 @@ impl Daemon {
         let mut events = lock.lock().unwrap();
         while !want(&events) {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {what}; events: {events:#?}\nstderr:\n{}", self.stderr());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; events: {events:#?}\nstderr:\n{}",
+                self.stderr()
+            );
             events = cvar.wait_timeout(events, left).unwrap().0;
         }
         events.clone()
@@ -258,9 +320,15 @@ impl Daemon {
     /// Request events whose sender is `pid`, once at least `count` of them are there.
     pub fn requests_from(&self, pid: u32, count: usize) -> Vec<Value> {
         let of_pid = |events: &[Value]| -> Vec<Value> {
-            events.iter().filter(|e| e["event"] == "imds_request" && e["process"]["pid"] == pid).cloned().collect()
+            events
+                .iter()
+                .filter(|e| e["event"] == "imds_request" && e["process"]["pid"] == pid)
+                .cloned()
+                .collect()
         };
-        let events = self.wait_for(&format!("{count} request events from pid {pid}"), |e| of_pid(e).len() >= count);
+        let events = self.wait_for(&format!("{count} request events from pid {pid}"), |e| {
+            of_pid(e).len() >= count
+        });
         of_pid(&events)
     }
 
@@ -271,7 +339,10 @@ impl Daemon {
         let _ = events;
         let all = self.events.0.lock().unwrap().clone();
         let from_pid: Vec<_> = all.iter().filter(|e| e["process"]["pid"] == pid).collect();
-        assert!(from_pid.is_empty(), "expected no events from pid {pid}, got {from_pid:#?}");
+        assert!(
+            from_pid.is_empty(),
+            "expected no events from pid {pid}, got {from_pid:#?}"
+        );
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -284,7 +355,10 @@ impl Daemon {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "imds-probe did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "imds-probe did not exit after SIGTERM"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -305,8 +379,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir()
-            .join(format!("imds-probe-test-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        let path = std::env::temp_dir().join(format!(
+            "imds-probe-test-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&path).expect("create temp dir");
         Self(path)
     }

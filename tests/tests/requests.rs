@@ -19,11 +19,18 @@ fn setup() -> Option<Setup> {
     let daemon = Daemon::start(&["--backend", "sk-msg"]);
     let ns = Netns::new();
     let imds = ns.fake_imds("optional", &["169.254.169.254:8080", "169.254.169.253:80"]);
-    Some(Setup { ns, _imds: imds, daemon })
+    Some(Setup {
+        ns,
+        _imds: imds,
+        daemon,
+    })
 }
 
 fn classes(events: &[Value]) -> Vec<&str> {
-    events.iter().map(|e| e["class"].as_str().unwrap_or("?")).collect()
+    events
+        .iter()
+        .map(|e| e["class"].as_str().unwrap_or("?"))
+        .collect()
 }
 
 /// Python that connects to `addr` ("v4", "v6", "mapped") and runs `body` with socket `s`,
@@ -48,7 +55,14 @@ fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
     assert!(out.status.success());
     let (put_pid, out) = t.ns.client(
         "curl",
-        &["-sf", "-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 300", "http://169.254.169.254/latest/api/token"],
+        &[
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "X-aws-ec2-metadata-token-ttl-seconds: 300",
+            "http://169.254.169.254/latest/api/token",
+        ],
     );
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap();
@@ -72,7 +86,10 @@ fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
     assert!(v1["reason"].is_null());
     // RFC 3339, UTC, microseconds.
     let ts = v1["ts"].as_str().unwrap();
-    assert!(ts.ends_with('Z') && ts.len() == "2026-01-01T00:00:00.000000Z".len(), "{ts}");
+    assert!(
+        ts.ends_with('Z') && ts.len() == "2026-01-01T00:00:00.000000Z".len(),
+        "{ts}"
+    );
 
     let put = &t.daemon.requests_from(put_pid, 1)[0];
     assert_eq!(put["class"], "token");
@@ -81,12 +98,19 @@ fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
 
     let v2 = &t.daemon.requests_from(v2_pid, 1)[0];
     assert_eq!(v2["class"], "imdsv2");
-    assert_eq!(v2["process"]["cmdline"][3], "X-aws-ec2-metadata-token: [redacted]");
+    assert_eq!(
+        v2["process"]["cmdline"][3],
+        "X-aws-ec2-metadata-token: [redacted]"
+    );
 
     // The token appears nowhere: not in events, not in the log file, not in our own logs.
     t.daemon.stop();
     let log = std::fs::read_to_string(&t.daemon.log_file).unwrap();
-    for (what, text) in [("stdout", t.daemon.stdout()), ("log file", log.clone()), ("stderr", t.daemon.stderr())] {
+    for (what, text) in [
+        ("stdout", t.daemon.stdout()),
+        ("log file", log.clone()),
+        ("stderr", t.daemon.stderr()),
+    ] {
         assert!(!text.contains(token.trim()), "token leaked into {what}");
     }
     assert!(log.lines().count() >= 3, "log file has the events");
@@ -142,20 +166,27 @@ fn pipelined_requests_in_one_send() {
     let events = t.daemon.requests_from(pid, 3);
     assert_eq!(classes(&events), ["token", "imdsv2", "imdsv1"]);
     let connections: Vec<_> = events.iter().map(|e| e["connection"].clone()).collect();
-    assert!(connections.windows(2).all(|w| w[0] == w[1]), "one connection");
+    assert!(
+        connections.windows(2).all(|w| w[0] == w[1]),
+        "one connection"
+    );
 }
 
 #[test]
 fn ipv6_and_dual_stack_mapped_sockets() {
     let Some(t) = setup() else { return };
-    let (v6_pid, out) = t.ns.client("curl", &["-sf", "http://[fd00:ec2::254]/latest/meta-data/"]);
+    let (v6_pid, out) =
+        t.ns.client("curl", &["-sf", "http://[fd00:ec2::254]/latest/meta-data/"]);
     assert!(out.status.success());
     let v6 = &t.daemon.requests_from(v6_pid, 1)[0];
     assert_eq!(v6["class"], "imdsv1");
     assert_eq!(v6["remote"], "[fd00:ec2::254]:80");
     assert_eq!(v6["socket_family"], "ipv6");
 
-    let mapped_pid = t.ns.python(&py("mapped", "s.sendall(b'GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')"));
+    let mapped_pid = t.ns.python(&py(
+        "mapped",
+        "s.sendall(b'GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
+    ));
     let mapped = &t.daemon.requests_from(mapped_pid, 1)[0];
     assert_eq!(mapped["class"], "imdsv1");
     assert_eq!(mapped["remote"], "169.254.169.254:80");
@@ -185,7 +216,10 @@ fn garbage_and_cut_off_requests_are_unknown_never_v1() {
     assert_eq!(classes(&events), ["unknown"]);
     assert_eq!(events[0]["reason"], "not_http");
 
-    let cut = t.ns.python(&py("v4", "s.sendall(b'GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\n')"));
+    let cut = t.ns.python(&py(
+        "v4",
+        "s.sendall(b'GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\n')",
+    ));
     let events = t.daemon.requests_from(cut, 1);
     assert_eq!(classes(&events), ["unknown"]);
     assert_eq!(events[0]["reason"], "incomplete_at_close");
@@ -214,6 +248,35 @@ fn sigterm_stops_cleanly_after_capturing() {
     let (pid, _) = t.ns.client("curl", &["-sf", V1_PATH]);
     t.daemon.requests_from(pid, 1);
     let status = t.daemon.stop();
-    assert!(status.success(), "exit status {status:?}; stderr:\n{}", t.daemon.stderr());
-    assert!(t.daemon.stderr().contains("draining"), "{}", t.daemon.stderr());
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{}",
+        t.daemon.stderr()
+    );
+    assert!(
+        t.daemon.stderr().contains("draining"),
+        "{}",
+        t.daemon.stderr()
+    );
+}
+
+#[test]
+fn io_uring_sends_are_seen() {
+    let Some(t) = setup() else { return };
+    let client = imds_probe_tests::bin("uring-client");
+    let (pid, out) = t.ns.client(
+        client.to_str().unwrap(),
+        &[
+            "169.254.169.254:80",
+            "GET /via-io-uring HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = t.daemon.requests_from(pid, 1);
+    assert_eq!(events[0]["path"], "/via-io-uring");
+    assert_eq!(events[0]["class"], "imdsv1");
 }

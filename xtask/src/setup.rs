@@ -24,7 +24,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The toolchain aya-build compiles the kernel side with (`-Z build-std` needs nightly). We
 /// only use the nightly the machine already has; rustup must never fetch another.
-const NIGHTLY: &str = "nightly";
+pub const NIGHTLY: &str = "nightly";
 
 /// Debian packages the integration tests call out to.
 pub const APT_PACKAGES: &[&str] = &[

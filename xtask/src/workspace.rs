@@ -35,6 +35,16 @@ impl Workspace {
         cmd
     }
 
+    /// `cargo` of the nightly toolchain (the kernel side needs `-Z build-std`), likewise.
+    pub fn nightly_cargo(&self) -> Command {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["run", setup::NIGHTLY, "cargo"])
+            .env("RUSTUP_AUTO_INSTALL", "0")
+            .current_dir(&self.root)
+            .env("PATH", &self.path);
+        cmd
+    }
+
     /// target/release, absolute, wherever CARGO_TARGET_DIR or a config file moved target/.
     pub fn release_dir(&self) -> Result<PathBuf> {
         let metadata =

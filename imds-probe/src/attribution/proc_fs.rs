@@ -53,9 +53,18 @@ impl ProcCache {
 
 fn read(sender: &Sender) -> Cached {
     let dir = format!("/proc/{}", sender.pid);
-    let exe = fs::read_link(format!("{dir}/exe")).ok().map(|p| p.to_string_lossy().into_owned());
-    let cmdline = fs::read(format!("{dir}/cmdline")).ok().filter(|raw| !raw.is_empty()).map(|raw| parse_cmdline(&raw));
-    Cached { comm: sender.comm.clone(), exe, cmdline }
+    let exe = fs::read_link(format!("{dir}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let cmdline = fs::read(format!("{dir}/cmdline"))
+        .ok()
+        .filter(|raw| !raw.is_empty())
+        .map(|raw| parse_cmdline(&raw));
+    Cached {
+        comm: sender.comm.clone(),
+        exe,
+        cmdline,
+    }
 }
 
 /// NUL-separated argv, bounded, with token values redacted.
@@ -64,7 +73,12 @@ pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
     let args = raw
         .split(|&b| b == 0)
         .take(MAX_ARGS)
-        .map(|arg| String::from_utf8_lossy(arg).chars().take(MAX_ARG_CHARS).collect())
+        .map(|arg| {
+            String::from_utf8_lossy(arg)
+                .chars()
+                .take(MAX_ARG_CHARS)
+                .collect()
+        })
         .collect();
     redact_cmdline(args)
 }
@@ -77,7 +91,12 @@ mod tests {
     fn cmdline_is_split_bounded_and_redacted() {
         assert_eq!(
             parse_cmdline(b"curl\0-H\0X-aws-ec2-metadata-token: s3cret\0http://169.254.169.254/\0"),
-            ["curl", "-H", "X-aws-ec2-metadata-token: [redacted]", "http://169.254.169.254/"]
+            [
+                "curl",
+                "-H",
+                "X-aws-ec2-metadata-token: [redacted]",
+                "http://169.254.169.254/"
+            ]
         );
         let many = "a\0".repeat(100);
         assert_eq!(parse_cmdline(many.as_bytes()).len(), MAX_ARGS);
@@ -86,8 +105,18 @@ mod tests {
     #[test]
     fn describes_this_process() {
         let me = std::process::id();
-        let comm = fs::read_to_string(format!("/proc/{me}/comm")).unwrap().trim().to_owned();
-        let sender = Sender { pid: me, tid: me, uid: 0, gid: 0, comm, cgroup_id: 0 };
+        let comm = fs::read_to_string(format!("/proc/{me}/comm"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let sender = Sender {
+            pid: me,
+            tid: me,
+            uid: 0,
+            gid: 0,
+            comm,
+            cgroup_id: 0,
+        };
         let process = ProcCache::default().describe(&sender);
         assert!(process.exe.is_some());
         assert!(process.cmdline.is_some_and(|args| !args.is_empty()));

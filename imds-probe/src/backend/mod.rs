@@ -117,10 +117,17 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
         return Err(LoadError::NoObject);
     }
     let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)?;
-    let ring = RingBuf::try_from(take_map(&mut ebpf, RING_BUFFER_MAP)?)
-        .map_err(|source| LoadError::Map { name: RING_BUFFER_MAP, source })?;
-    let loss = PerCpuArray::try_from(take_map(&mut ebpf, LOSS_MAP)?)
-        .map_err(|source| LoadError::Map { name: LOSS_MAP, source })?;
+    let ring = RingBuf::try_from(take_map(&mut ebpf, RING_BUFFER_MAP)?).map_err(|source| {
+        LoadError::Map {
+            name: RING_BUFFER_MAP,
+            source,
+        }
+    })?;
+    let loss =
+        PerCpuArray::try_from(take_map(&mut ebpf, LOSS_MAP)?).map_err(|source| LoadError::Map {
+            name: LOSS_MAP,
+            source,
+        })?;
     let backend = match choice {
         BackendChoice::Auto | BackendChoice::SkMsg => {
             sk_msg::attach(&mut ebpf)?;
@@ -128,5 +135,10 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
         }
     };
     tracing::info!(%backend, ?choice, "programs attached");
-    Ok(Probe { backend, ebpf, ring, loss })
+    Ok(Probe {
+        backend,
+        ebpf,
+        ring,
+        loss,
+    })
 }

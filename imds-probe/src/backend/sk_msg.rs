@@ -19,23 +19,39 @@ const SOCK_OPS: &str = "imds_sock_ops";
 const SK_MSG: &str = "imds_sk_msg";
 const SOCKHASH: &str = "IMDS_SOCKETS";
 
-fn program_error(program: &'static str, step: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
-    move |source| LoadError::Program { program, step, source }
+fn program_error(
+    program: &'static str,
+    step: &'static str,
+) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
+    move |source| LoadError::Program {
+        program,
+        step,
+        source,
+    }
 }
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let sockhash_fd = {
         let map = ebpf.map(SOCKHASH).ok_or(LoadError::MissingMap(SOCKHASH))?;
         let sockhash: SockHash<_, u64> =
-            SockHash::try_from(map).map_err(|source| LoadError::Map { name: SOCKHASH, source })?;
-        sockhash.fd().try_clone().map_err(|e| LoadError::Map { name: SOCKHASH, source: e.into() })?
+            SockHash::try_from(map).map_err(|source| LoadError::Map {
+                name: SOCKHASH,
+                source,
+            })?;
+        sockhash.fd().try_clone().map_err(|e| LoadError::Map {
+            name: SOCKHASH,
+            source: e.into(),
+        })?
     };
     // sk_msg first: a socket enrolled by sock_ops must already have its verdict program.
     let sk_msg: &mut SkMsg = program(ebpf, SK_MSG)?;
     sk_msg.load().map_err(program_error(SK_MSG, "load"))?;
-    sk_msg.attach(&sockhash_fd).map_err(program_error(SK_MSG, "attach"))?;
+    sk_msg
+        .attach(&sockhash_fd)
+        .map_err(program_error(SK_MSG, "attach"))?;
 
-    let cgroup = File::open(system::cgroup2_root()?).map_err(system::SystemError::from_io("open cgroup2 root"))?;
+    let cgroup = File::open(system::cgroup2_root()?)
+        .map_err(system::SystemError::from_io("open cgroup2 root"))?;
     let sock_ops: &mut SockOps = program(ebpf, SOCK_OPS)?;
     sock_ops.load().map_err(program_error(SOCK_OPS, "load"))?;
     // On 5.7+ aya attaches through a bpf_link, which always coexists with other programs on
@@ -50,6 +66,8 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, L
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram(name))?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?;
     program.try_into().map_err(program_error(name, "find"))
 }

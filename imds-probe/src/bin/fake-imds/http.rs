@@ -98,7 +98,12 @@ pub struct Response {
 
 impl Response {
     pub fn text(body: &'static str) -> Self {
-        Self { status: Status::Ok, content_type: "text/plain", body: Body::Static(body), ttl: None }
+        Self {
+            status: Status::Ok,
+            content_type: "text/plain",
+            body: Body::Static(body),
+            ttl: None,
+        }
     }
 
     pub fn error(status: Status) -> Self {
@@ -112,10 +117,14 @@ impl Response {
             Status::HeaderTooLarge => error_page!("431 - Request Header Fields Too Large"),
             Status::InternalError => error_page!("500 - Internal Server Error"),
         };
-        Self { status, content_type: "text/html", body: Body::Static(body), ttl: None }
+        Self {
+            status,
+            content_type: "text/html",
+            body: Body::Static(body),
+            ttl: None,
+        }
     }
 }
-
 
 /// What one call to [`Conn::serve`] did with the input.
 #[derive(Debug, PartialEq, Eq)]
@@ -146,22 +155,44 @@ impl Conn {
         loop {
             pos += self.skip_body(&input[pos..]);
             if self.body_left > 0 || pos == input.len() {
-                return Progress { consumed: pos, close: false };
+                return Progress {
+                    consumed: pos,
+                    close: false,
+                };
             }
             match parse(&input[pos..]) {
                 Parsed::Partial if input.len() - pos > MAX_HEAD => {
                     return fail(out, Status::HeaderTooLarge, input.len());
                 }
-                Parsed::Partial => return Progress { consumed: pos, close: false },
+                Parsed::Partial => {
+                    return Progress {
+                        consumed: pos,
+                        close: false,
+                    };
+                }
                 Parsed::Invalid => return fail(out, Status::BadRequest, input.len()),
-                Parsed::Complete { request, head_len, body_len, keep_alive, http10 } => {
+                Parsed::Complete {
+                    request,
+                    head_len,
+                    body_len,
+                    keep_alive,
+                    http10,
+                } => {
                     let response = handle(&request);
                     let head_only = request.method == Method::Head;
-                    encode(out, &response, head_only, Framing::for_request(keep_alive, http10));
+                    encode(
+                        out,
+                        &response,
+                        head_only,
+                        Framing::for_request(keep_alive, http10),
+                    );
                     pos += head_len;
                     self.body_left = body_len;
                     if !keep_alive {
-                        return Progress { consumed: input.len(), close: true };
+                        return Progress {
+                            consumed: input.len(),
+                            close: true,
+                        };
                     }
                 }
             }
@@ -177,13 +208,22 @@ impl Conn {
 
 fn fail(out: &mut Vec<u8>, status: Status, consumed: usize) -> Progress {
     encode(out, &Response::error(status), false, Framing::Close);
-    Progress { consumed, close: true }
+    Progress {
+        consumed,
+        close: true,
+    }
 }
 
 enum Parsed<'a> {
     Partial,
     Invalid,
-    Complete { request: Request<'a>, head_len: usize, body_len: u64, keep_alive: bool, http10: bool },
+    Complete {
+        request: Request<'a>,
+        head_len: usize,
+        body_len: u64,
+        keep_alive: bool,
+        http10: bool,
+    },
 }
 
 fn parse(input: &[u8]) -> Parsed<'_> {
@@ -240,7 +280,13 @@ fn parse(input: &[u8]) -> Parsed<'_> {
             request.forwarded = true;
         }
     }
-    Parsed::Complete { request, head_len, body_len: body_len.unwrap_or(0), keep_alive, http10 }
+    Parsed::Complete {
+        request,
+        head_len,
+        body_len: body_len.unwrap_or(0),
+        keep_alive,
+        http10,
+    }
 }
 
 /// Strict: digits only, no sign, no blanks inside, no overflow.
@@ -249,7 +295,9 @@ pub fn parse_decimal(value: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    digits.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -320,7 +368,10 @@ pub mod testing {
 
     impl Parsed {
         pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
         }
     }
 
@@ -329,13 +380,19 @@ pub mod testing {
         while !bytes.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut resp = httparse::Response::new(&mut headers);
-            let httparse::Status::Complete(head) = resp.parse(bytes).expect("valid response") else {
+            let httparse::Status::Complete(head) = resp.parse(bytes).expect("valid response")
+            else {
                 panic!("truncated response");
             };
             let headers: Vec<_> = resp
                 .headers
                 .iter()
-                .map(|h| (h.name.to_owned(), String::from_utf8(h.value.to_vec()).expect("utf-8")))
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8(h.value.to_vec()).expect("utf-8"),
+                    )
+                })
                 .collect();
             let len: usize = headers
                 .iter()
@@ -343,7 +400,11 @@ pub mod testing {
                 .map(|(_, v)| v.parse().expect("numeric length"))
                 .expect("Content-Length always present");
             let body = String::from_utf8(bytes[head..head + len].to_vec()).expect("utf-8");
-            all.push(Parsed { status: resp.code.expect("status"), headers, body });
+            all.push(Parsed {
+                status: resp.code.expect("status"),
+                headers,
+                body,
+            });
             bytes = &bytes[head + len..];
         }
         all
@@ -368,9 +429,16 @@ mod tests {
 
     #[test]
     fn pipelined_requests_in_one_buffer() {
-        let input = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n";
+        let input =
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n";
         let (out, progress) = serve_all(&mut Conn::default(), input);
-        assert_eq!(progress, Progress { consumed: input.len(), close: false });
+        assert_eq!(
+            progress,
+            Progress {
+                consumed: input.len(),
+                close: false
+            }
+        );
         let bodies: Vec<_> = split_responses(&out).into_iter().map(|r| r.body).collect();
         assert_eq!(bodies, ["/a", "/b", "/c"]);
     }
@@ -380,45 +448,76 @@ mod tests {
         let mut conn = Conn::default();
         let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HT";
         let (out, progress) = serve_all(&mut conn, first);
-        assert_eq!(progress, Progress { consumed: 28, close: false });
+        assert_eq!(
+            progress,
+            Progress {
+                consumed: 28,
+                close: false
+            }
+        );
         assert_eq!(split_responses(&out).len(), 1);
 
         let mut second = first[progress.consumed..].to_vec();
         second.extend_from_slice(b"TP/1.1\r\n\r\n");
         let (out, progress) = serve_all(&mut conn, &second);
-        assert_eq!(progress, Progress { consumed: second.len(), close: false });
+        assert_eq!(
+            progress,
+            Progress {
+                consumed: second.len(),
+                close: false
+            }
+        );
         assert_eq!(split_responses(&out)[0].body, "/b");
     }
 
     #[test]
     fn content_length_body_is_skipped_even_across_reads() {
         let mut conn = Conn::default();
-        let (out, progress) = serve_all(&mut conn, b"PUT /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123");
+        let (out, progress) = serve_all(
+            &mut conn,
+            b"PUT /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123",
+        );
         assert_eq!(progress.consumed, 43);
         assert_eq!(split_responses(&out)[0].body, "/a");
         let (out, progress) = serve_all(&mut conn, b"456789GET /b HTTP/1.1\r\n\r\n");
-        assert_eq!(progress, Progress { consumed: 25, close: false });
+        assert_eq!(
+            progress,
+            Progress {
+                consumed: 25,
+                close: false
+            }
+        );
         assert_eq!(split_responses(&out)[0].body, "/b");
     }
 
     #[test]
     fn http10_closes_unless_keep_alive() {
-        let (out, progress) = serve_all(&mut Conn::default(), b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n");
+        let (out, progress) = serve_all(
+            &mut Conn::default(),
+            b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n",
+        );
         assert!(progress.close);
         let responses = split_responses(&out);
         assert_eq!(responses.len(), 1);
         assert_eq!(responses[0].header("connection"), Some("close"));
 
-        let (out, progress) =
-            serve_all(&mut Conn::default(), b"GET /a HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        let (out, progress) = serve_all(
+            &mut Conn::default(),
+            b"GET /a HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+        );
         assert!(!progress.close);
-        assert_eq!(split_responses(&out)[0].header("connection"), Some("keep-alive"));
+        assert_eq!(
+            split_responses(&out)[0].header("connection"),
+            Some("keep-alive")
+        );
     }
 
     #[test]
     fn http11_connection_close() {
-        let (out, progress) =
-            serve_all(&mut Conn::default(), b"GET /a HTTP/1.1\r\nconnection: TE, close\r\n\r\n");
+        let (out, progress) = serve_all(
+            &mut Conn::default(),
+            b"GET /a HTTP/1.1\r\nconnection: TE, close\r\n\r\n",
+        );
         assert!(progress.close);
         assert_eq!(split_responses(&out)[0].header("Connection"), Some("close"));
     }
@@ -427,7 +526,11 @@ mod tests {
     fn head_has_length_but_no_body() {
         let (out, _) = serve_all(&mut Conn::default(), b"HEAD /abc HTTP/1.1\r\n\r\n");
         assert!(out.ends_with(b"\r\n\r\n"));
-        assert!(std::str::from_utf8(&out).expect("ascii").contains("Content-Length: 4\r\n"));
+        assert!(
+            std::str::from_utf8(&out)
+                .expect("ascii")
+                .contains("Content-Length: 4\r\n")
+        );
     }
 
     #[test]
@@ -439,7 +542,13 @@ mod tests {
             b"GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             let (out, progress) = serve_all(&mut Conn::default(), bad);
-            assert_eq!(progress, Progress { consumed: bad.len(), close: true });
+            assert_eq!(
+                progress,
+                Progress {
+                    consumed: bad.len(),
+                    close: true
+                }
+            );
             let responses = split_responses(&out);
             assert_eq!(responses[0].status, 400);
             assert_eq!(responses[0].header("connection"), Some("close"));
@@ -448,7 +557,8 @@ mod tests {
 
     #[test]
     fn good_requests_before_a_bad_one_are_answered() {
-        let (out, progress) = serve_all(&mut Conn::default(), b"GET /a HTTP/1.1\r\n\r\nBAD\r\n\r\n");
+        let (out, progress) =
+            serve_all(&mut Conn::default(), b"GET /a HTTP/1.1\r\n\r\nBAD\r\n\r\n");
         assert!(progress.close);
         let statuses: Vec<_> = split_responses(&out).iter().map(|r| r.status).collect();
         assert_eq!(statuses, [200, 400]);
@@ -467,7 +577,14 @@ mod tests {
     fn decimal_parsing_is_strict() {
         assert_eq!(parse_decimal(b"21600"), Some(21600));
         assert_eq!(parse_decimal(b" 7 "), Some(7));
-        for bad in [&b""[..], b"+5", b"-1", b"1 2", b"1e3", b"99999999999999999999999"] {
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-1",
+            b"1 2",
+            b"1e3",
+            b"99999999999999999999999",
+        ] {
             assert_eq!(parse_decimal(bad), None, "{bad:?}");
         }
     }

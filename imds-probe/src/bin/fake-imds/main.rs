@@ -9,7 +9,7 @@ mod tokens;
 
 use std::{
     fs,
-    io::Write as _,
+    io::{IsTerminal as _, Write as _},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -53,7 +53,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        // Tests capture stderr into files and logs, where colour codes are noise.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
@@ -65,9 +69,16 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let entropy = Entropy::open().context("opening /dev/urandom")?;
-    let imds = Arc::new(Imds::new(cli.mode, TokenStore::new(DEFAULT_CAPACITY), entropy));
+    let imds = Arc::new(Imds::new(
+        cli.mode,
+        TokenStore::new(DEFAULT_CAPACITY),
+        entropy,
+    ));
     let listeners = server::bind_all(&cli.listen).await?;
-    let bound = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
+    let bound = listeners
+        .iter()
+        .map(tokio::net::TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()?;
     // Registered before announcing readiness so a test that stops us right away is handled.
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -96,13 +107,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// watcher never sees it half-written.
 fn announce(bound: &[SocketAddr], ready_file: Option<&Path>) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening").and_then(|()| stdout.flush()).context("writing to stdout")?;
+    writeln!(stdout, "listening")
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")?;
     if let Some(path) = ready_file {
         let contents: String = bound.iter().map(|a| format!("{a}\n")).collect();
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
-        fs::write(&tmp, contents).with_context(|| format!("writing {}", Path::new(&tmp).display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("creating ready file {}", path.display()))?;
+        fs::write(&tmp, contents)
+            .with_context(|| format!("writing {}", Path::new(&tmp).display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("creating ready file {}", path.display()))?;
     }
     Ok(())
 }

@@ -1,24 +1,27 @@
 //! The fake instance's metadata tree. Every value is static so serving one is a memcpy.
 //! All identifiers are visibly fake; the credentials grant nothing anywhere.
 
-// Literal macros rather than consts because `concat!` only accepts literals, and the same
+// A literal macro rather than consts because `concat!` only accepts literals, and the same
 // ids must agree between plain values and the JSON documents.
-macro_rules! instance_id { () => { "i-0123456789abcdef0" } }
-macro_rules! ami_id { () => { "ami-0abcdef1234567890" } }
-macro_rules! account_id { () => { "123456789012" } }
-macro_rules! region { () => { "us-east-1" } }
-macro_rules! zone { () => { "us-east-1a" } }
-macro_rules! instance_type { () => { "t3.micro" } }
-macro_rules! private_ip { () => { "10.0.0.12" } }
-macro_rules! role { () => { "fake-role" } }
-macro_rules! updated { () => { "2024-01-01T00:00:00Z" } }
+#[rustfmt::skip]
+macro_rules! fact {
+    (instance_id)   => { "i-0123456789abcdef0" };
+    (ami_id)        => { "ami-0abcdef1234567890" };
+    (account_id)    => { "123456789012" };
+    (region)        => { "us-east-1" };
+    (zone)          => { "us-east-1a" };
+    (instance_type) => { "t3.micro" };
+    (private_ip)    => { "10.0.0.12" };
+    (role)          => { "fake-role" };
+    (updated)       => { "2024-01-01T00:00:00Z" };
+}
 
-pub const ROLE: &str = role!();
-
+// Laid out one JSON line per source line; rustfmt would split every `concat!` argument.
+#[rustfmt::skip]
 const CREDENTIALS: &str = concat!(
     "{\n",
     "  \"Code\" : \"Success\",\n",
-    "  \"LastUpdated\" : \"", updated!(), "\",\n",
+    "  \"LastUpdated\" : \"", fact!(updated), "\",\n",
     "  \"Type\" : \"AWS-HMAC\",\n",
     "  \"AccessKeyId\" : \"ASIAEXAMPLEFAKEIMDS1\",\n",
     "  \"SecretAccessKey\" : \"fake/secret/imds-probe/EXAMPLEKEYnotREAL000\",\n",
@@ -27,31 +30,33 @@ const CREDENTIALS: &str = concat!(
     "}"
 );
 
+#[rustfmt::skip]
 const IAM_INFO: &str = concat!(
     "{\n",
     "  \"Code\" : \"Success\",\n",
-    "  \"LastUpdated\" : \"", updated!(), "\",\n",
-    "  \"InstanceProfileArn\" : \"arn:aws:iam::", account_id!(), ":instance-profile/", role!(), "\",\n",
+    "  \"LastUpdated\" : \"", fact!(updated), "\",\n",
+    "  \"InstanceProfileArn\" : \"arn:aws:iam::", fact!(account_id), ":instance-profile/", fact!(role), "\",\n",
     "  \"InstanceProfileId\" : \"AIPAEXAMPLEFAKEIMDS01\"\n",
     "}"
 );
 
+#[rustfmt::skip]
 const IDENTITY_DOCUMENT: &str = concat!(
     "{\n",
-    "  \"accountId\" : \"", account_id!(), "\",\n",
+    "  \"accountId\" : \"", fact!(account_id), "\",\n",
     "  \"architecture\" : \"x86_64\",\n",
-    "  \"availabilityZone\" : \"", zone!(), "\",\n",
+    "  \"availabilityZone\" : \"", fact!(zone), "\",\n",
     "  \"billingProducts\" : null,\n",
     "  \"devpayProductCodes\" : null,\n",
     "  \"marketplaceProductCodes\" : null,\n",
-    "  \"imageId\" : \"", ami_id!(), "\",\n",
-    "  \"instanceId\" : \"", instance_id!(), "\",\n",
-    "  \"instanceType\" : \"", instance_type!(), "\",\n",
+    "  \"imageId\" : \"", fact!(ami_id), "\",\n",
+    "  \"instanceId\" : \"", fact!(instance_id), "\",\n",
+    "  \"instanceType\" : \"", fact!(instance_type), "\",\n",
     "  \"kernelId\" : null,\n",
-    "  \"pendingTime\" : \"", updated!(), "\",\n",
-    "  \"privateIp\" : \"", private_ip!(), "\",\n",
+    "  \"pendingTime\" : \"", fact!(updated), "\",\n",
+    "  \"privateIp\" : \"", fact!(private_ip), "\",\n",
     "  \"ramdiskId\" : null,\n",
-    "  \"region\" : \"", region!(), "\",\n",
+    "  \"region\" : \"", fact!(region), "\",\n",
     "  \"version\" : \"2017-09-30\"\n",
     "}"
 );
@@ -66,23 +71,23 @@ pub fn lookup(path: &str) -> Option<&'static str> {
             "ami-id\nami-launch-index\nhostname\niam/\ninstance-id\ninstance-type\n",
             "local-hostname\nlocal-ipv4\nplacement/\nreservation-id\nsecurity-groups"
         ),
-        "/latest/meta-data/ami-id" => ami_id!(),
+        "/latest/meta-data/ami-id" => fact!(ami_id),
         "/latest/meta-data/ami-launch-index" => "0",
         "/latest/meta-data/hostname" | "/latest/meta-data/local-hostname" => {
             "ip-10-0-0-12.ec2.internal"
         }
-        "/latest/meta-data/instance-id" => instance_id!(),
-        "/latest/meta-data/instance-type" => instance_type!(),
-        "/latest/meta-data/local-ipv4" => private_ip!(),
+        "/latest/meta-data/instance-id" => fact!(instance_id),
+        "/latest/meta-data/instance-type" => fact!(instance_type),
+        "/latest/meta-data/local-ipv4" => fact!(private_ip),
         "/latest/meta-data/reservation-id" => "r-0123456789abcdef0",
         "/latest/meta-data/security-groups" => "default",
         "/latest/meta-data/placement" => "availability-zone\nregion",
-        "/latest/meta-data/placement/availability-zone" => zone!(),
-        "/latest/meta-data/placement/region" => region!(),
+        "/latest/meta-data/placement/availability-zone" => fact!(zone),
+        "/latest/meta-data/placement/region" => fact!(region),
         "/latest/meta-data/iam" => "info\nsecurity-credentials/",
         "/latest/meta-data/iam/info" => IAM_INFO,
-        "/latest/meta-data/iam/security-credentials" => role!(),
-        concat!("/latest/meta-data/iam/security-credentials/", role!()) => CREDENTIALS,
+        "/latest/meta-data/iam/security-credentials" => fact!(role),
+        concat!("/latest/meta-data/iam/security-credentials/", fact!(role)) => CREDENTIALS,
         "/latest/dynamic" => "instance-identity/",
         "/latest/dynamic/instance-identity" => "document",
         "/latest/dynamic/instance-identity/document" => IDENTITY_DOCUMENT,
@@ -102,7 +107,15 @@ mod tests {
     #[test]
     fn credentials_look_like_real_imds() {
         let creds = json("/latest/meta-data/iam/security-credentials/fake-role");
-        for key in ["Code", "LastUpdated", "Type", "AccessKeyId", "SecretAccessKey", "Token", "Expiration"] {
+        for key in [
+            "Code",
+            "LastUpdated",
+            "Type",
+            "AccessKeyId",
+            "SecretAccessKey",
+            "Token",
+            "Expiration",
+        ] {
             assert!(creds[key].is_string(), "{key}");
         }
         assert_eq!(creds["Type"], "AWS-HMAC");
@@ -112,20 +125,40 @@ mod tests {
     #[test]
     fn documents_agree_with_leaves() {
         let doc = json("/latest/dynamic/instance-identity/document");
-        assert_eq!(doc["instanceId"], lookup("/latest/meta-data/instance-id").expect("served"));
-        assert_eq!(doc["region"], lookup("/latest/meta-data/placement/region").expect("served"));
-        assert_eq!(doc["imageId"], lookup("/latest/meta-data/ami-id").expect("served"));
+        assert_eq!(
+            doc["instanceId"],
+            lookup("/latest/meta-data/instance-id").expect("served")
+        );
+        assert_eq!(
+            doc["region"],
+            lookup("/latest/meta-data/placement/region").expect("served")
+        );
+        assert_eq!(
+            doc["imageId"],
+            lookup("/latest/meta-data/ami-id").expect("served")
+        );
         let info = json("/latest/meta-data/iam/info");
-        assert!(info["InstanceProfileArn"].as_str().expect("string").ends_with(ROLE));
+        assert!(
+            info["InstanceProfileArn"]
+                .as_str()
+                .expect("string")
+                .ends_with(fact!(role))
+        );
     }
 
     #[test]
     fn listings_name_served_paths() {
         for (dir, listing) in [
             ("/latest/meta-data", lookup("/latest/meta-data")),
-            ("/latest/meta-data/placement", lookup("/latest/meta-data/placement")),
+            (
+                "/latest/meta-data/placement",
+                lookup("/latest/meta-data/placement"),
+            ),
             ("/latest/meta-data/iam", lookup("/latest/meta-data/iam")),
-            ("/latest/dynamic/instance-identity", lookup("/latest/dynamic/instance-identity")),
+            (
+                "/latest/dynamic/instance-identity",
+                lookup("/latest/dynamic/instance-identity"),
+            ),
         ] {
             for entry in listing.expect("served").lines() {
                 let path = format!("{dir}/{}", entry.trim_end_matches('/'));

@@ -32,7 +32,11 @@ pub struct Imds {
 
 impl Imds {
     pub fn new(mode: Mode, tokens: TokenStore, entropy: Entropy) -> Self {
-        Self { mode, tokens, entropy }
+        Self {
+            mode,
+            tokens,
+            entropy,
+        }
     }
 
     pub fn handle(&self, req: &Request<'_>) -> Response {
@@ -66,7 +70,11 @@ impl Imds {
         if req.forwarded {
             return Response::error(Status::Forbidden);
         }
-        let Some(ttl) = req.ttl.and_then(parse_decimal).filter(|t| TTL_RANGE.contains(t)) else {
+        let Some(ttl) = req
+            .ttl
+            .and_then(parse_decimal)
+            .filter(|t| TTL_RANGE.contains(t))
+        else {
             return Response::error(Status::BadRequest);
         };
         let token = match self.entropy.token() {
@@ -104,13 +112,18 @@ mod tests {
     };
 
     fn imds(mode: Mode) -> Imds {
-        Imds::new(mode, TokenStore::new(DEFAULT_CAPACITY), Entropy::open().expect("/dev/urandom"))
+        Imds::new(
+            mode,
+            TokenStore::new(DEFAULT_CAPACITY),
+            Entropy::open().expect("/dev/urandom"),
+        )
     }
 
     /// Feeds raw bytes through the real framing, as a connection would.
     fn exchange_at(imds: &Imds, raw: &str, now: Instant) -> Vec<Parsed> {
         let mut out = Vec::new();
-        let progress = Conn::default().serve(raw.as_bytes(), &mut out, &mut |r| imds.handle_at(r, now));
+        let progress =
+            Conn::default().serve(raw.as_bytes(), &mut out, &mut |r| imds.handle_at(r, now));
         assert_eq!(progress.consumed, raw.len());
         split_responses(&out)
     }
@@ -124,12 +137,16 @@ mod tests {
     }
 
     fn get(path: &str, token: Option<&str>) -> String {
-        let token = token.map(|t| format!("X-aws-ec2-metadata-token: {t}\r\n")).unwrap_or_default();
+        let token = token
+            .map(|t| format!("X-aws-ec2-metadata-token: {t}\r\n"))
+            .unwrap_or_default();
         format!("GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n{token}\r\n")
     }
 
     fn put_token(ttl: Option<&str>) -> String {
-        let ttl = ttl.map(|t| format!("X-aws-ec2-metadata-token-ttl-seconds: {t}\r\n")).unwrap_or_default();
+        let ttl = ttl
+            .map(|t| format!("X-aws-ec2-metadata-token-ttl-seconds: {t}\r\n"))
+            .unwrap_or_default();
         format!("PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n{ttl}\r\n")
     }
 
@@ -145,7 +162,10 @@ mod tests {
         let r = one(&imds, &put_token(Some("300")));
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), crate::tokens::TOKEN_LEN);
-        assert_eq!(r.header("x-aws-ec2-metadata-token-ttl-seconds"), Some("300"));
+        assert_eq!(
+            r.header("x-aws-ec2-metadata-token-ttl-seconds"),
+            Some("300")
+        );
     }
 
     #[test]
@@ -168,9 +188,19 @@ mod tests {
 
     #[test]
     fn v1_get_depends_on_mode() {
-        let r = one(&imds(Mode::Optional), &get("/latest/meta-data/instance-id", None));
+        let r = one(
+            &imds(Mode::Optional),
+            &get("/latest/meta-data/instance-id", None),
+        );
         assert_eq!((r.status, r.body.as_str()), (200, "i-0123456789abcdef0"));
-        assert_eq!(one(&imds(Mode::Required), &get("/latest/meta-data/instance-id", None)).status, 401);
+        assert_eq!(
+            one(
+                &imds(Mode::Required),
+                &get("/latest/meta-data/instance-id", None)
+            )
+            .status,
+            401
+        );
     }
 
     #[test]
@@ -178,7 +208,10 @@ mod tests {
         for mode in [Mode::Optional, Mode::Required] {
             let imds = imds(mode);
             let token = new_token(&imds);
-            let r = one(&imds, &get("/latest/meta-data/placement/region", Some(&token)));
+            let r = one(
+                &imds,
+                &get("/latest/meta-data/placement/region", Some(&token)),
+            );
             assert_eq!((r.status, r.body.as_str()), (200, "us-east-1"));
         }
     }
@@ -191,7 +224,11 @@ mod tests {
         forged[0] = if forged[0] == b'A' { b'B' } else { b'A' };
         let forged = String::from_utf8(forged).expect("ascii");
         for bad in [forged.as_str(), "", "short"] {
-            assert_eq!(one(&imds, &get("/latest/meta-data/", Some(bad))).status, 401, "{bad:?}");
+            assert_eq!(
+                one(&imds, &get("/latest/meta-data/", Some(bad))).status,
+                401,
+                "{bad:?}"
+            );
         }
     }
 
@@ -201,16 +238,28 @@ mod tests {
         let t0 = Instant::now();
         let token = exchange_at(&imds, &put_token(Some("2")), t0).remove(0).body;
         let path = "/latest/meta-data/ami-id";
-        assert_eq!(exchange_at(&imds, &get(path, Some(&token)), t0 + Duration::from_secs(1))[0].status, 200);
-        assert_eq!(exchange_at(&imds, &get(path, Some(&token)), t0 + Duration::from_secs(2))[0].status, 401);
+        assert_eq!(
+            exchange_at(&imds, &get(path, Some(&token)), t0 + Duration::from_secs(1))[0].status,
+            200
+        );
+        assert_eq!(
+            exchange_at(&imds, &get(path, Some(&token)), t0 + Duration::from_secs(2))[0].status,
+            401
+        );
     }
 
     #[test]
     fn header_names_are_case_insensitive() {
         let imds = imds(Mode::Required);
-        let r = one(&imds, "PUT /latest/api/token HTTP/1.1\r\nx-AWS-ec2-METADATA-token-TTL-seconds: 60\r\n\r\n");
+        let r = one(
+            &imds,
+            "PUT /latest/api/token HTTP/1.1\r\nx-AWS-ec2-METADATA-token-TTL-seconds: 60\r\n\r\n",
+        );
         assert_eq!(r.status, 200);
-        let raw = format!("GET /latest/meta-data/ HTTP/1.1\r\nX-AWS-EC2-METADATA-TOKEN: {}\r\n\r\n", r.body);
+        let raw = format!(
+            "GET /latest/meta-data/ HTTP/1.1\r\nX-AWS-EC2-METADATA-TOKEN: {}\r\n\r\n",
+            r.body
+        );
         assert_eq!(one(&imds, &raw).status, 200);
     }
 
@@ -220,7 +269,10 @@ mod tests {
         let token = new_token(&imds);
         let raw = [
             get("/latest/meta-data/iam/security-credentials/", Some(&token)),
-            get("/latest/meta-data/iam/security-credentials/fake-role", Some(&token)),
+            get(
+                "/latest/meta-data/iam/security-credentials/fake-role",
+                Some(&token),
+            ),
             put_token(Some("60")),
             get("/latest/meta-data/instance-id", None),
         ]
@@ -249,7 +301,12 @@ mod tests {
     #[test]
     fn unknown_paths_are_404() {
         let imds = imds(Mode::Optional);
-        for path in ["/latest/meta-data/nope", "/meta-data/instance-id", "/latest/user-data", "/latest/meta-data//"] {
+        for path in [
+            "/latest/meta-data/nope",
+            "/meta-data/instance-id",
+            "/latest/user-data",
+            "/latest/meta-data//",
+        ] {
             assert_eq!(one(&imds, &get(path, None)).status, 404, "{path}");
         }
     }
@@ -258,8 +315,18 @@ mod tests {
     fn wrong_methods_are_405() {
         let imds = imds(Mode::Optional);
         assert_eq!(one(&imds, &get("/latest/api/token", None)).status, 405);
-        assert_eq!(one(&imds, "POST /latest/meta-data/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n").status, 405);
-        assert_eq!(one(&imds, "PUT /latest/meta-data/ HTTP/1.1\r\n\r\n").status, 405);
+        assert_eq!(
+            one(
+                &imds,
+                "POST /latest/meta-data/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+            )
+            .status,
+            405
+        );
+        assert_eq!(
+            one(&imds, "PUT /latest/meta-data/ HTTP/1.1\r\n\r\n").status,
+            405
+        );
     }
 
     #[test]
@@ -268,7 +335,10 @@ mod tests {
         let raw = "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\
                    Content-Length: 5\r\n\r\nhello";
         let token = one(&imds, raw).body;
-        let r = exchange(&imds, &format!("{raw}{}", get("/latest/meta-data/ami-id", Some(&token))));
+        let r = exchange(
+            &imds,
+            &format!("{raw}{}", get("/latest/meta-data/ami-id", Some(&token))),
+        );
         assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 200]);
     }
 }

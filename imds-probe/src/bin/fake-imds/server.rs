@@ -60,7 +60,7 @@ async fn connection(mut stream: TcpStream, imds: &Imds) -> io::Result<()> {
     let mut input = Vec::with_capacity(READ_CHUNK);
     let mut output = Vec::with_capacity(READ_CHUNK);
     loop {
-        input.reserve(READ_CHUNK.saturating_sub(input.capacity() - input.len()));
+        input.reserve(READ_CHUNK);
         if stream.read_buf(&mut input).await? == 0 {
             return Ok(());
         }
@@ -80,9 +80,7 @@ async fn linger_close(mut stream: TcpStream) {
         return;
     }
     let mut sink = [0u8; 4096];
-    let drain = async {
-        while let Ok(1..) = stream.read(&mut sink).await {}
-    };
+    let drain = async { while let Ok(1..) = stream.read(&mut sink).await {} };
     // Timing out is the expected end for a client that keeps its side open.
     let _ = tokio::time::timeout(LINGER, drain).await;
 }

@@ -82,7 +82,10 @@ struct Inner {
 
 impl TokenStore {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), inner: Mutex::default() }
+        Self {
+            capacity: capacity.max(1),
+            inner: Mutex::default(),
+        }
     }
 
     pub fn insert(&self, token: Token, ttl: Duration, now: Instant) {
@@ -97,8 +100,13 @@ impl TokenStore {
     }
 
     pub fn is_valid(&self, wire: &[u8], now: Instant) -> bool {
-        let Some(token) = Token::from_wire(wire) else { return false };
-        self.lock().expiry.get(&token).is_some_and(|&expires| now < expires)
+        let Some(token) = Token::from_wire(wire) else {
+            return false;
+        };
+        self.lock()
+            .expiry
+            .get(&token)
+            .is_some_and(|&expires| now < expires)
     }
 
     #[cfg(test)]
@@ -196,7 +204,11 @@ mod tests {
         let now = Instant::now();
         store.insert(token(1), Duration::from_secs(1), now);
         store.insert(token(2), Duration::from_secs(1), now);
-        store.insert(token(3), Duration::from_secs(60), now + Duration::from_secs(2));
+        store.insert(
+            token(3),
+            Duration::from_secs(60),
+            now + Duration::from_secs(2),
+        );
         assert_eq!(store.len(), 1);
     }
 }
