@@ -6,5 +6,6 @@
 pub mod close;
 pub mod imds;
 pub mod loss;
+pub mod process;
 pub mod record;
 pub mod send;

@@ -15,4 +15,11 @@ pub const LOSS_CONNECTION_UNTRACKED: u32 = 3;
 /// Reading a send's bytes failed; the chunk was dropped.
 pub const LOSS_READ_FAILED: u32 = 4;
 
-pub const LOSS_COUNTERS: u32 = 5;
+/// A process lifecycle record did not fit in the ring buffer.
+pub const LOSS_RING_BUFFER_PROCESS: u32 = 5;
+
+/// A send-hook backend met a send whose bytes it cannot read (kernel pages, as sendfile
+/// passes on 6.5+); user space sees the gap.
+pub const LOSS_SEND_UNREADABLE: u32 = 6;
+
+pub const LOSS_COUNTERS: u32 = 7;

@@ -11,6 +11,12 @@ pub const RING_BUFFER_BYTES: u32 = 8 * 1024 * 1024;
 pub const KIND_SEND: u32 = 1;
 /// A connection to the IMDS closed ([`crate::close::Close`]).
 pub const KIND_CLOSE: u32 = 2;
+/// A process exec'd ([`crate::process::ExecRecord`]).
+pub const KIND_EXEC: u32 = 3;
+/// A process forked a new process, not a thread ([`crate::process::ForkRecord`]).
+pub const KIND_FORK: u32 = 4;
+/// A process's main thread exited ([`crate::process::ExitRecord`]).
+pub const KIND_EXIT: u32 = 5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -10,8 +10,19 @@ pub const CHUNK_BYTES: usize = 4096;
 /// and shows up in user space as a gap in `stream_offset`.
 pub const MAX_CHUNKS_PER_SEND: u32 = 32;
 
-/// The cgroup `sock_ops` + `sk_msg` backend.
+/// The cgroup `sock_ops` + `sk_msg` backend. `stream_offset` counts bytes from the first.
 pub const BACKEND_SK_MSG: u32 = 1;
+/// `fentry` on tcp_sendmsg. `stream_offset` is TCP's 32-bit write sequence, which also moves
+/// for bytes sent another way (sendpage), so user space notices them as a gap.
+pub const BACKEND_FENTRY: u32 = 2;
+/// `kprobe` on tcp_sendmsg; offsets as for `BACKEND_FENTRY`.
+pub const BACKEND_KPROBE: u32 = 3;
+
+/// Chunks the send hooks capture from one send at most (their loop is unrolled by the
+/// verifier on kernels without bpf_loop).
+pub const MAX_HOOK_CHUNKS: u32 = 16;
+/// iovec segments of one send the send hooks read at most.
+pub const MAX_HOOK_SEGMENTS: u64 = 16;
 
 /// IMDS connections tracked at once by the kernel side.
 pub const MAX_CONNECTIONS: u32 = 16384;

@@ -5,7 +5,9 @@
 
 mod conn;
 mod emit;
+mod kernel;
 mod maps;
+mod process;
 mod sk_msg;
 mod sock_ops;
 

@@ -10,6 +10,7 @@ use tokio::{
 };
 
 use crate::{
+    attribution::Attributor,
     backend::{self, BackendChoice, read_loss},
     notify::notify,
     pipeline::Pipeline,
@@ -28,7 +29,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
     })?;
-    let mut pipeline = Pipeline::new(sink);
+    let cgroup_root = crate::system::cgroup2_root().ok();
+    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root));
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

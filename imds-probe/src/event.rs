@@ -9,8 +9,12 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    attribution::ProcessJson, backend::Backend, classify::Class, http::RequestHead,
-    loss::LossCounts, reassembly::UnknownReason,
+    attribution::{Attribution, ParentJson, ProcessJson, cgroup_path::Container},
+    backend::Backend,
+    classify::Class,
+    http::RequestHead,
+    loss::LossCounts,
+    reassembly::UnknownReason,
 };
 
 #[derive(Debug, Serialize)]
@@ -31,6 +35,12 @@ pub struct RequestEvent {
     /// The kernel's socket cookie: ties the requests of one connection together.
     pub connection: u64,
     pub process: ProcessJson,
+    /// From the parent up to pid 1, nearest first.
+    pub parents: Vec<ParentJson>,
+    /// The sender's cgroup v2 path, e.g. "/system.slice/nginx.service".
+    pub cgroup: Option<String>,
+    pub systemd_unit: Option<String>,
+    pub container: Option<Container>,
 }
 
 /// What a request event needs besides the request itself.
@@ -39,7 +49,7 @@ pub struct Context<'a> {
     pub remote: &'a Remote,
     pub backend: Backend,
     pub connection: u64,
-    pub process: ProcessJson,
+    pub who: Attribution,
 }
 
 impl RequestEvent {
@@ -64,7 +74,11 @@ impl RequestEvent {
             socket_family: ctx.remote.family,
             backend: ctx.backend,
             connection: ctx.connection,
-            process: ctx.process,
+            process: ctx.who.process,
+            parents: ctx.who.parents,
+            cgroup: ctx.who.cgroup,
+            systemd_unit: ctx.who.systemd_unit,
+            container: ctx.who.container,
         }
     }
 
@@ -83,7 +97,11 @@ impl RequestEvent {
             socket_family: ctx.remote.family,
             backend: ctx.backend,
             connection: ctx.connection,
-            process: ctx.process,
+            process: ctx.who.process,
+            parents: ctx.who.parents,
+            cgroup: ctx.who.cgroup,
+            systemd_unit: ctx.who.systemd_unit,
+            container: ctx.who.container,
         }
     }
 }
@@ -144,11 +162,16 @@ impl Serialize for Timestamp {
 pub struct Clock {
     /// Wall clock minus monotonic clock, in nanoseconds.
     offset_ns: i128,
+    /// Wall clock minus boot-time clock (which also counts suspend), in nanoseconds.
+    boot_offset_ns: i128,
 }
 
 impl Clock {
     pub fn new() -> Self {
-        let mut clock = Self { offset_ns: 0 };
+        let mut clock = Self {
+            offset_ns: 0,
+            boot_offset_ns: 0,
+        };
         clock.resync();
         clock
     }
@@ -160,8 +183,15 @@ impl Clock {
                 .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
                 .unwrap_or(0)
         };
-        self.offset_ns =
-            nanos(nix::time::ClockId::CLOCK_REALTIME) - nanos(nix::time::ClockId::CLOCK_MONOTONIC);
+        let realtime = nanos(nix::time::ClockId::CLOCK_REALTIME);
+        self.offset_ns = realtime - nanos(nix::time::ClockId::CLOCK_MONOTONIC);
+        self.boot_offset_ns = realtime - nanos(nix::time::ClockId::CLOCK_BOOTTIME);
+    }
+
+    /// For process start times, which the kernel keeps on the boot-time clock.
+    pub fn wall_from_boottime(&self, boottime_ns: u64) -> Timestamp {
+        let unix_ns = (i128::from(boottime_ns) + self.boot_offset_ns).max(0);
+        Timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(unix_ns as u64))
     }
 
     pub fn wall(&self, monotonic_ns: u64) -> Timestamp {

@@ -5,6 +5,7 @@
 
 pub mod attribution;
 pub mod backend;
+pub mod btf_offsets;
 pub mod classify;
 pub mod connections;
 pub mod daemon;

@@ -16,10 +16,15 @@ pub struct LossCounts {
     pub connections_untracked: u64,
     /// Kernel: reading a send's bytes failed.
     pub read_failed: u64,
+    /// Kernel: exec/fork/exit records that did not fit in the ring buffer (attribution of
+    /// the processes concerned falls back to /proc).
+    pub ring_buffer_full_process: u64,
     /// User space: records that did not decode.
     pub decode_errors: u64,
     /// User space: connections dropped from a full connection table.
     pub connections_evicted: u64,
+    /// User space: processes dropped from a full process table.
+    pub processes_evicted: u64,
     /// User space: events dropped because the output queue was full.
     pub queue_full: u64,
     /// User space: events that failed to write to an output.
@@ -34,8 +39,11 @@ impl LossCounts {
             send_truncated: self.send_truncated - earlier.send_truncated,
             connections_untracked: self.connections_untracked - earlier.connections_untracked,
             read_failed: self.read_failed - earlier.read_failed,
+            ring_buffer_full_process: self.ring_buffer_full_process
+                - earlier.ring_buffer_full_process,
             decode_errors: self.decode_errors - earlier.decode_errors,
             connections_evicted: self.connections_evicted - earlier.connections_evicted,
+            processes_evicted: self.processes_evicted - earlier.processes_evicted,
             queue_full: self.queue_full - earlier.queue_full,
             output_errors: self.output_errors - earlier.output_errors,
         }
@@ -53,5 +61,6 @@ impl LossCounts {
         self.send_truncated = kernel[LOSS_SEND_TRUNCATED as usize];
         self.connections_untracked = kernel[LOSS_CONNECTION_UNTRACKED as usize];
         self.read_failed = kernel[LOSS_READ_FAILED as usize];
+        self.ring_buffer_full_process = kernel[LOSS_RING_BUFFER_PROCESS as usize];
     }
 }

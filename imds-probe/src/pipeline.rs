@@ -3,7 +3,10 @@
 //! of records is the order of sends, and nothing here waits on I/O except /proc reads.
 
 use crate::{
-    attribution::{Sender, proc_fs::ProcCache},
+    attribution::{
+        Attributor, Sender, c_string,
+        process_table::{ExecInfo, ExitInfo, ForkInfo},
+    },
     backend::Backend,
     classify::classify,
     connections::{Connection, ConnectionTable, MAX_CONNECTIONS},
@@ -23,7 +26,7 @@ pub struct Pipeline {
 /// The half of the pipeline after reassembly, apart from the connection table so both can
 /// be borrowed at once.
 struct Emitter {
-    processes: ProcCache,
+    who: Attributor,
     clock: Clock,
     sink: Sink,
     /// User-space counters; the kernel's are merged in when reporting.
@@ -32,11 +35,11 @@ struct Emitter {
 }
 
 impl Pipeline {
-    pub fn new(sink: Sink) -> Self {
+    pub fn new(sink: Sink, who: Attributor) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
             out: Emitter {
-                processes: ProcCache::default(),
+                who,
                 clock: Clock::new(),
                 sink,
                 counts: LossCounts::default(),
@@ -92,6 +95,35 @@ impl Pipeline {
                     );
                 }
             }
+            Ok(Record::Exec(exec)) => {
+                let args = &exec.args[..(exec.args_len as usize).min(exec.args.len())];
+                let filename =
+                    &exec.filename[..(exec.filename_len as usize).min(exec.filename.len())];
+                self.out.who.exec(ExecInfo {
+                    pid: exec.pid,
+                    ppid: exec.ppid,
+                    ns_pid: exec.ns_pid,
+                    uid: exec.uid,
+                    gid: exec.gid,
+                    comm: c_string(&exec.comm),
+                    exe: String::from_utf8_lossy(filename).into_owned(),
+                    argv_raw: args.to_vec(),
+                    argv_truncated: exec.args_truncated != 0,
+                    start_time_ns: exec.start_boottime_ns,
+                    ts_ns: exec.header.ts_ns,
+                });
+            }
+            Ok(Record::Fork(fork)) => self.out.who.fork(ForkInfo {
+                parent_pid: fork.parent_pid,
+                child_pid: fork.child_pid,
+                child_ns_pid: fork.child_ns_pid,
+                start_time_ns: fork.start_boottime_ns,
+                ts_ns: fork.header.ts_ns,
+            }),
+            Ok(Record::Exit(exit)) => self.out.who.exit(ExitInfo {
+                pid: exit.pid,
+                ts_ns: exit.header.ts_ns,
+            }),
             Err(e) => {
                 self.out.counts.decode_errors += 1;
                 tracing::debug!("undecodable record: {e}");
@@ -106,9 +138,7 @@ impl Pipeline {
 
     /// The daemon is stopping: heads still in flight become `unknown`.
     pub fn finish(&mut self) {
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-            .unwrap_or(0);
+        let now = monotonic_ns();
         for (cookie, mut connection) in self.connections.drain() {
             connection
                 .stream
@@ -130,7 +160,7 @@ impl Emitter {
                 remote: &connection.remote,
                 backend: connection.backend,
                 connection: cookie,
-                process: self.processes.describe(&connection.last_sender),
+                who: self.who.describe(&connection.last_sender, &self.clock),
             };
             let event = match item {
                 Item::Request(head) => {
@@ -160,7 +190,9 @@ impl Emitter {
     /// Emits a `loss` event and a log line if anything was lost since the last report.
     fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
         self.clock.resync();
+        self.who.reap(monotonic_ns());
         let mut total = self.counts;
+        total.processes_evicted = self.who.evicted();
         total.set_kernel(kernel);
         total.output_errors += self.sink.output_errors();
         let since_last = total.since(&self.reported);
@@ -176,4 +208,11 @@ impl Emitter {
             total,
         });
     }
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's record timestamps.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }

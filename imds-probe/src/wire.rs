@@ -5,7 +5,8 @@ use std::mem::size_of;
 
 use imds_probe_common::{
     close::Close,
-    record::{KIND_CLOSE, KIND_SEND, RecordHeader},
+    process::{ExecRecord, ExitRecord, ForkRecord},
+    record::{KIND_CLOSE, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_SEND, RecordHeader},
     send::{SEND_CHUNK_HEADER_BYTES, SendChunk},
 };
 
@@ -13,6 +14,10 @@ use imds_probe_common::{
 pub enum Record<'a> {
     Send { chunk: SendChunk, data: &'a [u8] },
     Close(Close),
+    // Boxed: an exec record is over a kilobyte and the others are small.
+    Exec(Box<ExecRecord>),
+    Fork(ForkRecord),
+    Exit(ExitRecord),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +59,9 @@ impl<'a> TryFrom<&'a [u8]> for Record<'a> {
                 Ok(Record::Send { chunk, data })
             }
             KIND_CLOSE => Ok(Record::Close(read(bytes)?)),
+            KIND_EXEC => Ok(Record::Exec(Box::new(read(bytes)?))),
+            KIND_FORK => Ok(Record::Fork(read(bytes)?)),
+            KIND_EXIT => Ok(Record::Exit(read(bytes)?)),
             kind => Err(DecodeError::UnknownKind(kind)),
         }
     }

@@ -20,6 +20,14 @@ use serde_json::Value;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The backend under test: $IMDS_PROBE_TEST_BACKEND (`sk-msg`, `fentry`, `kprobe`), default
+/// `sk-msg`. Returns the CLI name and the name events carry.
+pub fn backend() -> (String, String) {
+    let cli = std::env::var("IMDS_PROBE_TEST_BACKEND").unwrap_or_else(|_| "sk-msg".to_owned());
+    let json = cli.replace('-', "_");
+    (cli, json)
+}
+
 /// Where the built binaries are: $IMDS_PROBE_BIN_DIR (set by `cargo xtask test`), else the
 /// workspace's release, then debug, directory.
 pub fn bin(name: &str) -> PathBuf {

@@ -16,7 +16,7 @@ fn setup() -> Option<Setup> {
     if !require_root() {
         return None;
     }
-    let daemon = Daemon::start(&["--backend", "sk-msg"]);
+    let daemon = Daemon::start(&["--backend", &imds_probe_tests::backend().0]);
     let ns = Netns::new();
     let imds = ns.fake_imds("optional", &["169.254.169.254:8080", "169.254.169.253:80"]);
     Some(Setup {
@@ -77,7 +77,7 @@ fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
     assert_eq!(v1["path"], "/latest/meta-data/instance-id");
     assert_eq!(v1["http_version"], "1.1");
     assert_eq!(v1["remote"], "169.254.169.254:80");
-    assert_eq!(v1["backend"], "sk_msg");
+    assert_eq!(v1["backend"], imds_probe_tests::backend().1.as_str());
     assert!(v1["user_agent"].as_str().unwrap().starts_with("curl/"));
     assert_eq!(v1["process"]["comm"], "curl");
     assert!(v1["process"]["exe"].as_str().unwrap().ends_with("/curl"));

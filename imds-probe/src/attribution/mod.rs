@@ -1,9 +1,31 @@
-//! Who sent a request: the kernel's view at the moment of the send (pid, tid, uid, gid,
-//! comm, cgroup id), completed from /proc where the process is still there.
+//! Who sent a request. The kernel's view at the moment of the send (pid, tid, uid, gid,
+//! comm, cgroup id) is completed from a process table that exec/fork/exit records keep
+//! current in send order, so a caller that exited, or exec'd something else, a millisecond
+//! after its send is still named as it was. /proc is read only for processes that predate
+//! the daemon and were missed by the seed.
 
+pub mod cgroup_path;
+pub mod cgroups;
 pub mod proc_fs;
+pub mod process_table;
+pub mod users;
+
+use std::path::PathBuf;
 
 use serde::Serialize;
+
+use self::{
+    cgroup_path::Container,
+    cgroups::CgroupResolver,
+    process_table::{ExecInfo, ExitInfo, ForkInfo, ProcessRecord, ProcessTable},
+    users::UserNames,
+};
+use crate::event::{Clock, Timestamp};
+
+/// Processes tracked at once.
+pub const PROCESS_TABLE_CAPACITY: usize = 65_536;
+/// How long an exited process stays, for requests still in the pipeline behind its exit.
+const EXITED_GRACE_NS: u64 = 30_000_000_000;
 
 /// The sender as the kernel saw it during the send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,27 +40,155 @@ pub struct Sender {
 
 impl Sender {
     pub fn from_kernel(pid_tgid: u64, uid_gid: u64, cgroup_id: u64, comm: &[u8; 16]) -> Self {
-        let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
         Self {
             pid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
             uid: uid_gid as u32,
             gid: (uid_gid >> 32) as u32,
-            comm: String::from_utf8_lossy(&comm[..len]).into_owned(),
+            comm: c_string(comm),
             cgroup_id,
         }
     }
+}
+
+pub fn c_string(bytes: &[u8]) -> String {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
 /// The `process` object of an event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProcessJson {
     pub pid: u32,
+    /// The pid inside the process's own pid namespace, where that differs from `pid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
     pub tid: u32,
+    pub ppid: Option<u32>,
     pub comm: String,
-    pub uid: u32,
-    pub gid: u32,
     pub exe: Option<String>,
     pub cmdline: Option<Vec<String>>,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub start_time: Option<Timestamp>,
     pub cgroup_id: u64,
+}
+
+/// One entry of an event's `parents` chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ParentJson {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+}
+
+/// Everything an event says about its sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribution {
+    pub process: ProcessJson,
+    pub parents: Vec<ParentJson>,
+    pub cgroup: Option<String>,
+    pub systemd_unit: Option<String>,
+    pub container: Option<Container>,
+}
+
+pub struct Attributor {
+    table: ProcessTable,
+    cgroups: CgroupResolver,
+    users: UserNames,
+}
+
+impl Attributor {
+    pub fn new(cgroup_root: Option<PathBuf>) -> Self {
+        let mut table = ProcessTable::new(PROCESS_TABLE_CAPACITY, EXITED_GRACE_NS);
+        table.seed_from_proc();
+        Self {
+            table,
+            cgroups: CgroupResolver::new(cgroup_root),
+            users: UserNames::default(),
+        }
+    }
+
+    pub fn exec(&mut self, exec: ExecInfo) {
+        self.table.exec(exec);
+    }
+
+    pub fn fork(&mut self, fork: ForkInfo) {
+        self.table.fork(fork);
+    }
+
+    pub fn exit(&mut self, exit: ExitInfo) {
+        self.table.exit(exit);
+    }
+
+    pub fn reap(&mut self, now_ns: u64) {
+        self.table.reap(now_ns);
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.table.evicted()
+    }
+
+    pub fn describe(&mut self, sender: &Sender, clock: &Clock) -> Attribution {
+        let record = self.table.get_or_load(sender.pid).cloned();
+        let parents = self
+            .table
+            .parents(sender.pid)
+            .into_iter()
+            .map(|p| ParentJson {
+                pid: p.pid,
+                comm: p.comm,
+                exe: p.exe,
+                cmdline: p.cmdline,
+            })
+            .collect();
+        let cgroup = self.cgroups.path(sender.cgroup_id);
+        let parsed = cgroup
+            .as_deref()
+            .map(cgroup_path::parse)
+            .unwrap_or_default();
+        Attribution {
+            process: self.process_json(sender, record, clock),
+            parents,
+            cgroup,
+            systemd_unit: parsed.systemd_unit,
+            container: parsed.container,
+        }
+    }
+
+    fn process_json(
+        &mut self,
+        sender: &Sender,
+        record: Option<ProcessRecord>,
+        clock: &Clock,
+    ) -> ProcessJson {
+        let record = record.unwrap_or_else(|| ProcessRecord {
+            pid: sender.pid,
+            ppid: 0,
+            ns_pid: None,
+            comm: sender.comm.clone(),
+            exe: None,
+            cmdline: None,
+            uid: sender.uid,
+            gid: sender.gid,
+            start_time_ns: None,
+        });
+        ProcessJson {
+            pid: sender.pid,
+            ns_pid: record.ns_pid.filter(|&ns_pid| ns_pid != sender.pid),
+            tid: sender.tid,
+            ppid: (record.ppid != 0).then_some(record.ppid),
+            // The kernel's comm at send time: a thread may have renamed itself since.
+            comm: sender.comm.clone(),
+            exe: record.exe,
+            cmdline: record.cmdline,
+            uid: sender.uid,
+            gid: sender.gid,
+            user: self.users.name(sender.uid),
+            start_time: record.start_time_ns.map(|ns| clock.wall_from_boottime(ns)),
+            cgroup_id: sender.cgroup_id,
+        }
+    }
 }

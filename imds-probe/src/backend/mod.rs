@@ -1,6 +1,7 @@
 //! Probe backends: how request bytes reach the ring buffer. Every backend feeds the same
 //! records into the same pipeline; they differ only in which kernel hook sees the send.
 
+pub mod process_events;
 pub mod sk_msg;
 
 use std::fmt;
@@ -11,6 +12,7 @@ use aya::{
 };
 use imds_probe_common::{
     loss::{LOSS_COUNTERS, LOSS_MAP},
+    process::OFFSETS_READY_GLOBAL,
     record::RING_BUFFER_MAP,
     send::BACKEND_SK_MSG,
 };
@@ -94,6 +96,17 @@ pub struct Probe {
     pub loss: PerCpuArray<MapData, u64>,
 }
 
+pub(crate) fn program_error(
+    program: &'static str,
+    step: &'static str,
+) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
+    move |source| LoadError::Program {
+        program,
+        step,
+        source,
+    }
+}
+
 /// Sums the kernel's per-CPU loss counters.
 pub fn read_loss(loss: &PerCpuArray<MapData, u64>) -> [u64; LOSS_COUNTERS as usize] {
     let mut counts = [0; LOSS_COUNTERS as usize];
@@ -116,7 +129,15 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)?;
+    let offsets = process_events::kernel_offsets();
+    let mut loader = EbpfLoader::new();
+    if let Some(offsets) = &offsets {
+        for (name, value) in offsets {
+            loader.override_global(name, value, true);
+        }
+        loader.override_global(OFFSETS_READY_GLOBAL, &1u32, true);
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
     let ring = RingBuf::try_from(take_map(&mut ebpf, RING_BUFFER_MAP)?).map_err(|source| {
         LoadError::Map {
             name: RING_BUFFER_MAP,
@@ -134,7 +155,10 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
             Backend::SkMsg
         }
     };
-    tracing::info!(%backend, ?choice, "programs attached");
+    if offsets.is_some() {
+        process_events::attach(&mut ebpf)?;
+    }
+    tracing::info!(%backend, ?choice, process_events = offsets.is_some(), "programs attached");
     Ok(Probe {
         backend,
         ebpf,

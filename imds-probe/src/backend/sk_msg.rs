@@ -12,23 +12,12 @@ use aya::{
     programs::{CgroupAttachMode, SkMsg, SockOps},
 };
 
-use super::LoadError;
+use super::{LoadError, program_error};
 use crate::system;
 
 const SOCK_OPS: &str = "imds_sock_ops";
 const SK_MSG: &str = "imds_sk_msg";
 const SOCKHASH: &str = "IMDS_SOCKETS";
-
-fn program_error(
-    program: &'static str,
-    step: &'static str,
-) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
-    move |source| LoadError::Program {
-        program,
-        step,
-        source,
-    }
-}
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let sockhash_fd = {

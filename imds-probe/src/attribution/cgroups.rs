@@ -1,0 +1,101 @@
+//! cgroup v2 ids (what the kernel reports at send time) to paths. A cgroup v2 id is also
+//! the kernfs file handle of its directory, so `open_by_handle_at` on the hierarchy's root
+//! opens it directly and /proc/self/fd names it: one lookup per new cgroup, no tree walks.
+//! Answers are cached; the cache is bounded and cleared when full.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+const CACHE_CAPACITY: usize = 16_384;
+/// FILEID_KERNFS: the handle type of kernfs (and so cgroupfs) files.
+const FILEID_KERNFS: i32 = 0xfe;
+
+pub struct CgroupResolver {
+    root: Option<(PathBuf, File)>,
+    paths: HashMap<u64, Option<String>>,
+}
+
+impl CgroupResolver {
+    pub fn new(root: Option<PathBuf>) -> Self {
+        let root = root.and_then(|path| File::open(&path).ok().map(|dir| (path, dir)));
+        Self {
+            root,
+            paths: HashMap::new(),
+        }
+    }
+
+    /// The cgroup's path relative to the hierarchy's root ("/system.slice/x.service").
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(path) = self.paths.get(&id) {
+            return path.clone();
+        }
+        let (root_path, root) = self.root.as_ref()?;
+        let path = open_by_id(root, id).and_then(|dir| {
+            let target = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+            relative(root_path, &target)
+        });
+        if self.paths.len() >= CACHE_CAPACITY {
+            self.paths.clear();
+        }
+        self.paths.insert(id, path.clone());
+        path
+    }
+}
+
+fn open_by_id(root: &File, id: u64) -> Option<OwnedFd> {
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: u64,
+    }
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: `handle` is laid out as a `struct file_handle` with 8 bytes of f_handle, as
+    // `handle_bytes` says; `root` is an open directory on the cgroup2 mount.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            root.as_raw_fd(),
+            (&raw mut handle).cast(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    // SAFETY: a non-negative return is a new descriptor that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// "/sys/fs/cgroup/system.slice/x.service" under root "/sys/fs/cgroup" -> "/system.slice/x.service".
+fn relative(root: &Path, target: &Path) -> Option<String> {
+    let rest = target.strip_prefix(root).ok()?;
+    Some(format!("/{}", rest.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_relative_to_the_root() {
+        let root = Path::new("/sys/fs/cgroup/unified");
+        assert_eq!(
+            relative(root, Path::new("/sys/fs/cgroup/unified")).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            relative(
+                root,
+                Path::new("/sys/fs/cgroup/unified/system.slice/a.service")
+            )
+            .as_deref(),
+            Some("/system.slice/a.service")
+        );
+        assert_eq!(relative(root, Path::new("/elsewhere")), None);
+    }
+}
