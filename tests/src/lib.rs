@@ -327,17 +327,27 @@ impl Daemon {
 
     /// Request events whose sender is `pid`, once at least `count` of them are there.
     pub fn requests_from(&self, pid: u32, count: usize) -> Vec<Value> {
-        let of_pid = |events: &[Value]| -> Vec<Value> {
+        self.requests_where(&format!("pid {pid}"), count, |e| e["process"]["pid"] == pid)
+    }
+
+    /// Request events for which `select` holds, once at least `count` of them are there.
+    pub fn requests_where(
+        &self,
+        what: &str,
+        count: usize,
+        select: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let matching = |events: &[Value]| -> Vec<Value> {
             events
                 .iter()
-                .filter(|e| e["event"] == "imds_request" && e["process"]["pid"] == pid)
+                .filter(|e| e["event"] == "imds_request" && select(e))
                 .cloned()
                 .collect()
         };
-        let events = self.wait_for(&format!("{count} request events from pid {pid}"), |e| {
-            of_pid(e).len() >= count
+        let events = self.wait_for(&format!("{count} request events from {what}"), |e| {
+            matching(e).len() >= count
         });
-        of_pid(&events)
+        matching(&events)
     }
 
     /// Proves a negative with a marker: `marker_pid`'s events arrive after anything `pid`
