@@ -18,11 +18,11 @@ pub const BACKEND_FENTRY: u32 = 2;
 /// `kprobe` on tcp_sendmsg; offsets as for `BACKEND_FENTRY`.
 pub const BACKEND_KPROBE: u32 = 3;
 
-/// Chunks the send hooks capture from one send at most (their loop is unrolled by the
-/// verifier on kernels without bpf_loop).
+/// Chunks the send hooks capture from a single-buffer send at most (64 KiB: their loops are
+/// unrolled, as kernels before 5.17 have no bpf_loop).
 pub const MAX_HOOK_CHUNKS: u32 = 16;
 /// iovec segments of one send the send hooks read at most.
-pub const MAX_HOOK_SEGMENTS: u64 = 16;
+pub const MAX_HOOK_SEGMENTS: u64 = 8;
 
 /// IMDS connections tracked at once by the kernel side.
 pub const MAX_CONNECTIONS: u32 = 16384;

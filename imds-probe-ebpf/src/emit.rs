@@ -3,13 +3,14 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_ns, generated::bpf_probe_read_kernel,
+    bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    generated::{bpf_probe_read_kernel, bpf_probe_read_user},
 };
 use imds_probe_common::{
     close::Close,
     loss::{LOSS_READ_FAILED, LOSS_RING_BUFFER_CLOSE, LOSS_RING_BUFFER_SEND},
     record::{KIND_CLOSE, KIND_SEND, RecordHeader},
-    send::{SendChunk, SendRecord},
+    send::{CHUNK_BYTES, SendChunk, SendRecord},
 };
 
 use crate::maps::{EVENTS, count_loss};
@@ -29,19 +30,35 @@ pub struct SendMeta {
     pub send_size: u32,
 }
 
-/// Copies `len` bytes at kernel address `src` into one record. `len` must be at most
-/// `CHUNK_BYTES`.
+/// Where a send's bytes live when a program reads them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    /// A socket message's kernel pages (sk_msg).
+    Kernel,
+    /// The sender's buffers, at a send hook's entry.
+    User,
+}
+
+/// Copies `len` bytes at kernel address `src` into one record, choosing the record size.
+/// `len` must be at most `CHUNK_BYTES`.
 #[inline(always)]
 pub fn emit_chunk(meta: &SendMeta, stream_offset: u64, src: *const u8, len: u32) {
     if (len as usize) <= SMALL_CHUNK {
-        emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len)
+        emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len, Memory::Kernel)
     } else {
-        emit_sized::<{ imds_probe_common::send::CHUNK_BYTES }>(meta, stream_offset, src, len)
+        emit_sized::<{ CHUNK_BYTES }>(meta, stream_offset, src, len, Memory::Kernel)
     }
 }
 
+/// Copies up to `N` bytes at `src` into one record of payload capacity `N`.
 #[inline(always)]
-fn emit_sized<const N: usize>(meta: &SendMeta, stream_offset: u64, src: *const u8, len: u32) {
+pub fn emit_sized<const N: usize>(
+    meta: &SendMeta,
+    stream_offset: u64,
+    src: *const u8,
+    len: u32,
+    memory: Memory,
+) {
     let Some(mut entry) = EVENTS.reserve::<SendRecord<N>>(0) else {
         count_loss(LOSS_RING_BUFFER_SEND);
         return;
@@ -70,7 +87,11 @@ fn emit_sized<const N: usize>(meta: &SendMeta, stream_offset: u64, src: *const u
             len,
             _pad: 0,
         };
-        bpf_probe_read_kernel((*record).data.as_mut_ptr().cast(), len, src.cast())
+        let dst = (*record).data.as_mut_ptr().cast();
+        match memory {
+            Memory::Kernel => bpf_probe_read_kernel(dst, len, src.cast()),
+            Memory::User => bpf_probe_read_user(dst, len, src.cast()),
+        }
     };
     if copied == 0 {
         entry.submit(0);

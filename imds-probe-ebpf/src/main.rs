@@ -8,6 +8,7 @@ mod emit;
 mod kernel;
 mod maps;
 mod process;
+mod send_hook;
 mod sk_msg;
 mod sock_ops;
 

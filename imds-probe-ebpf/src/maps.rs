@@ -25,6 +25,11 @@ pub static CONNECTIONS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(
 #[map(name = "IMDS_SOCKETS")]
 pub static IMDS_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_CONNECTIONS, 0);
 
+/// Sockets a send hook has seen sending to the IMDS, keyed by socket address, with the
+/// backend that saw them, so their close is reported and no other socket's is.
+#[map(name = "HOOKED_SOCKETS")]
+pub static HOOKED_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
 pub fn count_loss(index: u32) {
     if let Some(counter) = LOSS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, and programs on one CPU do not run at once on it for longer

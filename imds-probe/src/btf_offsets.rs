@@ -186,6 +186,21 @@ impl Btf {
         }
     }
 
+    /// Offsets for a table of `(global, struct, member)`, as `(global, offset)`: the form the
+    /// loader takes them in.
+    pub fn member_offsets(
+        &self,
+        table: &[(&'static str, &str, &str)],
+    ) -> Result<Vec<(&'static str, u32)>, BtfError> {
+        table
+            .iter()
+            .map(|&(global, strukt, member)| {
+                self.member_offset(strukt, member)
+                    .map(|offset| (global, offset))
+            })
+            .collect()
+    }
+
     /// Value of `variant` in the enum named `enumeration`: kernels renumber enums between
     /// versions (iov_iter's `iter_type` did), so programs are told the running kernel's values.
     pub fn enum_value(&self, enumeration: &str, variant: &str) -> Result<i32, BtfError> {

@@ -12,11 +12,48 @@ pub const MAX_CONNECTIONS: usize = imds_probe_common::send::MAX_CONNECTIONS as u
 
 pub struct Connection {
     pub stream: RequestStream,
+    pub offsets: StreamOffsets,
     pub remote: Remote,
     pub backend: Backend,
     /// Who sent on it last: the sender of a request that is cut off by the close.
     pub last_sender: Sender,
     pub last_seen_ns: u64,
+}
+
+/// Turns a backend's stream offsets into offsets from the first byte captured on the
+/// connection, which is what reassembly follows.
+pub enum StreamOffsets {
+    /// Already a byte count from the connection's first byte (sk_msg).
+    Counted,
+    /// TCP's 32-bit write sequence (send hooks): unwrapped relative to the first seen.
+    TcpSequence { last: Option<(u32, u64)> },
+}
+
+impl StreamOffsets {
+    pub fn for_backend(backend: Backend) -> Self {
+        if backend.offsets_are_tcp_sequence() {
+            Self::TcpSequence { last: None }
+        } else {
+            Self::Counted
+        }
+    }
+
+    pub fn offset(&mut self, raw: u64) -> u64 {
+        match self {
+            Self::Counted => raw,
+            Self::TcpSequence { last } => {
+                let seq = raw as u32;
+                // Signed: a send may start before the last one's end (bytes sent again).
+                let offset = match *last {
+                    None => 0,
+                    Some((last_seq, last_offset)) => last_offset
+                        .saturating_add_signed(i64::from(seq.wrapping_sub(last_seq) as i32)),
+                };
+                *last = Some((seq, offset));
+                offset
+            }
+        }
+    }
 }
 
 pub struct ConnectionTable {
@@ -72,9 +109,20 @@ impl ConnectionTable {
 mod tests {
     use super::*;
 
+    #[test]
+    fn tcp_sequences_unwrap_across_the_32_bit_edge() {
+        let mut offsets = StreamOffsets::for_backend(Backend::Kprobe);
+        assert_eq!(offsets.offset(u64::from(u32::MAX - 9)), 0);
+        assert_eq!(offsets.offset(5), 15);
+        assert_eq!(offsets.offset(0), 10, "a resend of earlier bytes goes back");
+        let mut counted = StreamOffsets::for_backend(Backend::SkMsg);
+        assert_eq!(counted.offset(1234), 1234);
+    }
+
     fn conn(seen: u64) -> Connection {
         Connection {
             stream: RequestStream::default(),
+            offsets: StreamOffsets::Counted,
             remote: Remote::new(imds_probe_common::imds::IMDS_IPV4_MAPPED, 80, 2),
             backend: Backend::SkMsg,
             last_sender: Sender {

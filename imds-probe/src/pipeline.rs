@@ -2,6 +2,8 @@
 //! classify -> attribute -> queue for the sinks. Synchronous and single-threaded: the order
 //! of records is the order of sends, and nothing here waits on I/O except /proc reads.
 
+use std::hash::{BuildHasher, RandomState};
+
 use crate::{
     attribution::{
         Attributor, Sender, c_string,
@@ -9,7 +11,7 @@ use crate::{
     },
     backend::Backend,
     classify::classify,
-    connections::{Connection, ConnectionTable, MAX_CONNECTIONS},
+    connections::{Connection, ConnectionTable, MAX_CONNECTIONS, StreamOffsets},
     event::{Clock, Context, LossEvent, Remote, RequestEvent},
     loss::LossCounts,
     reassembly::{Item, RequestStream, UnknownReason},
@@ -27,6 +29,9 @@ pub struct Pipeline {
 /// be borrowed at once.
 struct Emitter {
     who: Attributor,
+    /// Keys the hash that turns a connection's kernel identity (a socket cookie, or for the
+    /// send hooks a kernel address that must not be disclosed) into the opaque id events carry.
+    connection_ids: RandomState,
     clock: Clock,
     sink: Sink,
     /// User-space counters; the kernel's are merged in when reporting.
@@ -40,6 +45,7 @@ impl Pipeline {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
             out: Emitter {
                 who,
+                connection_ids: RandomState::new(),
                 clock: Clock::new(),
                 sink,
                 counts: LossCounts::default(),
@@ -65,6 +71,7 @@ impl Pipeline {
                 let ts = chunk.header.ts_ns;
                 let (connection, evicted) = self.connections.entry(chunk.cookie, || Connection {
                     stream: RequestStream::default(),
+                    offsets: StreamOffsets::for_backend(backend),
                     remote: Remote::new(chunk.remote_addr, chunk.remote_port, chunk.family),
                     backend,
                     last_sender: sender.clone(),
@@ -159,7 +166,7 @@ impl Emitter {
                 ts: self.clock.wall(ts),
                 remote: &connection.remote,
                 backend: connection.backend,
-                connection: cookie,
+                connection: self.connection_ids.hash_one(cookie),
                 who: self.who.describe(&connection.last_sender, &self.clock),
             };
             let event = match item {

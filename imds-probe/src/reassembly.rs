@@ -81,10 +81,18 @@ impl Default for RequestStream {
 
 impl RequestStream {
     /// Feeds the chunk that starts at `offset` in the connection's byte stream.
-    pub fn feed(&mut self, offset: u64, data: &[u8], out: &mut Vec<Item>) {
-        if offset != self.next_offset {
-            // A hole (or a rewind, which only a lost close could cause): whatever was in
-            // flight, and whatever the missing bytes held, cannot be told apart any more.
+    pub fn feed(&mut self, offset: u64, mut data: &[u8], out: &mut Vec<Item>) {
+        if offset < self.next_offset {
+            // Bytes seen before: a send hook captures a whole send at entry, and a sender
+            // whose send was only partly queued sends the rest again. Keep what is new.
+            let seen = (self.next_offset - offset).min(data.len() as u64) as usize;
+            data = &data[seen..];
+            if data.is_empty() {
+                return;
+            }
+        } else if offset > self.next_offset {
+            // A hole: whatever was in flight, and whatever the missing bytes held, cannot be
+            // told apart any more.
             self.next_offset = offset;
             self.desynchronise(UnknownReason::CaptureGap, out);
         }
@@ -239,6 +247,20 @@ mod tests {
     #[test]
     fn head_cut_by_close_is_unknown_not_v1() {
         assert_eq!(summary(&run(&[&V1[..20]])), ["unknown IncompleteAtClose"]);
+    }
+
+    #[test]
+    fn bytes_seen_again_are_skipped() {
+        let mut stream = RequestStream::default();
+        let mut out = Vec::new();
+        stream.feed(0, &V1[..30], &mut out);
+        stream.feed(10, &V1[10..], &mut out);
+        stream.feed(5, &V1[5..20], &mut out);
+        stream.finish(UnknownReason::IncompleteAtClose, &mut out);
+        assert_eq!(
+            summary(&out),
+            ["GET /latest/meta-data/instance-id token=false"]
+        );
     }
 
     #[test]

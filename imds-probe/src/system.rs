@@ -47,7 +47,29 @@ pub fn prepare() -> Result<(), SystemError> {
         resource::RLIM_INFINITY,
         resource::RLIM_INFINITY,
     );
-    ensure_bpffs()
+    ensure_bpffs()?;
+    ensure_tracefs();
+    Ok(())
+}
+
+/// Tracepoint programs are attached by id, which the kernel publishes in tracefs. Best
+/// effort: only the send hooks' close tracepoint needs it, and its absence is reported there.
+fn ensure_tracefs() {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    let mounted = mounts_of("tracefs").map(|m| !m.is_empty()).unwrap_or(false);
+    if mounted || !Path::new(TRACEFS).is_dir() {
+        return;
+    }
+    match nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        MsFlags::empty(),
+        None::<&str>,
+    ) {
+        Ok(()) => tracing::info!("mounted tracefs on {TRACEFS}"),
+        Err(e) => tracing::warn!("mounting tracefs on {TRACEFS} failed: {e}"),
+    }
 }
 
 fn check_privileges() -> Result<(), SystemError> {

@@ -2,6 +2,7 @@
 //! records into the same pipeline; they differ only in which kernel hook sees the send.
 
 pub mod process_events;
+pub mod send_hook;
 pub mod sk_msg;
 
 use std::fmt;
@@ -12,34 +13,47 @@ use aya::{
 };
 use imds_probe_common::{
     loss::{LOSS_COUNTERS, LOSS_MAP},
-    process::OFFSETS_READY_GLOBAL,
+    process::{OFFSETS_READY_GLOBAL, SEND_HOOK_READY_GLOBAL},
     record::RING_BUFFER_MAP,
-    send::BACKEND_SK_MSG,
+    send::{BACKEND_FENTRY, BACKEND_KPROBE, BACKEND_SK_MSG},
 };
 
-use crate::system::SystemError;
+use crate::{btf_offsets::Btf, system::SystemError};
 
 /// The kernel object with every program, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-probe"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// The first backend that loads and attaches here.
+    /// The first of sk-msg, fentry, kprobe that loads and attaches here.
     Auto,
-    /// Cgroup sock_ops + sk_msg: sees sockets connected after start-up.
+    /// Cgroup sock_ops + sk_msg: no cost on other traffic; sees connections made after start.
     SkMsg,
+    /// fentry on tcp_sendmsg: sees every connection, also those open before start.
+    Fentry,
+    /// kprobe on tcp_sendmsg: as fentry, for kernels that refuse fentry.
+    Kprobe,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
     SkMsg,
+    Fentry,
+    Kprobe,
 }
+
+/// `auto` tries these in order. sk_msg first: other TCP sends never run it, where a send
+/// hook runs (briefly) on every one; the send hooks follow, fentry before kprobe because
+/// trampolines cost less than breakpoints.
+const AUTO_ORDER: [Backend; 3] = [Backend::SkMsg, Backend::Fentry, Backend::Kprobe];
 
 impl Backend {
     pub fn from_wire(id: u32) -> Option<Self> {
         match id {
             BACKEND_SK_MSG => Some(Self::SkMsg),
+            BACKEND_FENTRY => Some(Self::Fentry),
+            BACKEND_KPROBE => Some(Self::Kprobe),
             _ => None,
         }
     }
@@ -47,6 +61,23 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Self::SkMsg => "sk_msg",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+        }
+    }
+
+    /// Whether the records' stream offsets are TCP's 32-bit write sequence (send hooks)
+    /// rather than a byte count from the connection's first byte (sk_msg).
+    pub fn offsets_are_tcp_sequence(self) -> bool {
+        !matches!(self, Self::SkMsg)
+    }
+
+    fn attach(self, ebpf: &mut Ebpf, send_hook_ready: bool) -> Result<(), LoadError> {
+        match self {
+            Self::SkMsg => sk_msg::attach(ebpf),
+            Self::Fentry | Self::Kprobe if !send_hook_ready => Err(LoadError::NoSendHookOffsets),
+            Self::Fentry => send_hook::attach_fentry(ebpf),
+            Self::Kprobe => send_hook::attach_kprobe(ebpf),
         }
     }
 }
@@ -79,6 +110,12 @@ pub enum LoadError {
     MissingProgram(&'static str),
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("reading the kernel's BTF for fentry: {0}")]
+    KernelBtf(#[source] aya::BtfError),
+    #[error("the kernel's BTF lacks what the send hooks need (see the log)")]
+    NoSendHookOffsets,
+    #[error("no backend could attach: {}", .0.iter().map(|(b, e)| format!("{b}: {e}")).collect::<Vec<_>>().join("; "))]
+    NoBackend(Vec<(Backend, LoadError)>),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -107,6 +144,17 @@ pub(crate) fn program_error(
     }
 }
 
+/// A program of the object, as its type.
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?;
+    program.try_into().map_err(program_error(name, "find"))
+}
+
 /// Sums the kernel's per-CPU loss counters.
 pub fn read_loss(loss: &PerCpuArray<MapData, u64>) -> [u64; LOSS_COUNTERS as usize] {
     let mut counts = [0; LOSS_COUNTERS as usize];
@@ -129,13 +177,22 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let offsets = process_events::kernel_offsets();
+    let btf = Btf::from_sys_fs()
+        .inspect_err(|e| tracing::warn!("no kernel BTF ({e}): no process tracking, no send hooks"))
+        .ok();
+    let process_offsets = btf.as_ref().and_then(process_events::kernel_offsets);
+    let hook_offsets = btf.as_ref().and_then(send_hook::kernel_offsets);
     let mut loader = EbpfLoader::new();
-    if let Some(offsets) = &offsets {
-        for (name, value) in offsets {
-            loader.override_global(name, value, true);
+    for (offsets, ready) in [
+        (&process_offsets, OFFSETS_READY_GLOBAL),
+        (&hook_offsets, SEND_HOOK_READY_GLOBAL),
+    ] {
+        if let Some(offsets) = offsets {
+            for (name, value) in offsets {
+                loader.override_global(name, value, true);
+            }
+            loader.override_global(ready, &1u32, true);
         }
-        loader.override_global(OFFSETS_READY_GLOBAL, &1u32, true);
     }
     let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
     let ring = RingBuf::try_from(take_map(&mut ebpf, RING_BUFFER_MAP)?).map_err(|source| {
@@ -149,20 +206,48 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
             name: LOSS_MAP,
             source,
         })?;
-    let backend = match choice {
-        BackendChoice::Auto | BackendChoice::SkMsg => {
-            sk_msg::attach(&mut ebpf)?;
-            Backend::SkMsg
-        }
-    };
-    if offsets.is_some() {
+    let backend = attach_first(&mut ebpf, choice, hook_offsets.is_some())?;
+    if process_offsets.is_some() {
         process_events::attach(&mut ebpf)?;
     }
-    tracing::info!(%backend, ?choice, process_events = offsets.is_some(), "programs attached");
+    tracing::info!(%backend, ?choice, process_events = process_offsets.is_some(), "programs attached");
     Ok(Probe {
         backend,
         ebpf,
         ring,
         loss,
     })
+}
+
+/// The chosen backend, or with `auto` the first in `AUTO_ORDER` that attaches; each refusal is
+/// logged with its reason, which is how an operator learns why `auto` chose what it did.
+fn attach_first(
+    ebpf: &mut Ebpf,
+    choice: BackendChoice,
+    send_hook_ready: bool,
+) -> Result<Backend, LoadError> {
+    let candidates: &[Backend] = match choice {
+        BackendChoice::Auto => &AUTO_ORDER,
+        BackendChoice::SkMsg => &[Backend::SkMsg],
+        BackendChoice::Fentry => &[Backend::Fentry],
+        BackendChoice::Kprobe => &[Backend::Kprobe],
+    };
+    let mut refusals = Vec::new();
+    for &backend in candidates {
+        match backend.attach(ebpf, send_hook_ready) {
+            Ok(()) => return Ok(backend),
+            Err(e) => {
+                tracing::warn!(%backend, "backend unavailable here: {e}");
+                refusals.push((backend, e));
+            }
+        }
+    }
+    match (choice, refusals.pop()) {
+        (BackendChoice::Auto, Some(last)) => {
+            refusals.push(last);
+            Err(LoadError::NoBackend(refusals))
+        }
+        (_, Some((_, only))) => Err(only),
+        (_, None) => Err(LoadError::NoBackend(refusals)),
+    }
 }

@@ -16,33 +16,17 @@ const PROGRAMS: [(&str, &str); 3] = [
 ];
 
 /// The offsets for `OFFSET_GLOBALS`, or None (logged) when BTF lacks any of them.
-pub fn kernel_offsets() -> Option<Vec<(&'static str, u32)>> {
-    let btf = match Btf::from_sys_fs() {
-        Ok(btf) => btf,
-        Err(e) => {
-            tracing::warn!("no kernel BTF ({e}): callers are named from /proc only");
-            return None;
-        }
-    };
-    let offsets: Result<Vec<_>, _> = OFFSET_GLOBALS
-        .iter()
-        .map(|&(global, strukt, member)| {
-            btf.member_offset(strukt, member)
-                .map(|offset| (global, offset))
+pub fn kernel_offsets(btf: &Btf) -> Option<Vec<(&'static str, u32)>> {
+    btf.member_offsets(&OFFSET_GLOBALS)
+        .inspect_err(|e| {
+            tracing::warn!("kernel BTF lacks a field process tracking needs ({e}): callers are named from /proc only")
         })
-        .collect();
-    offsets
-        .inspect_err(|e| tracing::warn!("kernel BTF lacks a field process tracking needs ({e}): callers are named from /proc only"))
         .ok()
 }
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for (name, tracepoint) in PROGRAMS {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::MissingProgram(name))?
-            .try_into()
-            .map_err(super::program_error(name, "find"))?;
+        let program: &mut RawTracePoint = super::program(ebpf, name)?;
         program.load().map_err(super::program_error(name, "load"))?;
         program
             .attach(tracepoint)

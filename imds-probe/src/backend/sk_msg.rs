@@ -12,7 +12,7 @@ use aya::{
     programs::{CgroupAttachMode, SkMsg, SockOps},
 };
 
-use super::{LoadError, program_error};
+use super::{LoadError, program, program_error};
 use crate::system;
 
 const SOCK_OPS: &str = "imds_sock_ops";
@@ -49,14 +49,4 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         .attach(cgroup, CgroupAttachMode::Single)
         .map_err(program_error(SOCK_OPS, "attach"))?;
     Ok(())
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(LoadError::MissingProgram(name))?;
-    program.try_into().map_err(program_error(name, "find"))
 }

@@ -1,0 +1,235 @@
+//! Send-hook backends: `fentry` (BTF trampoline) and `kprobe` on tcp_sendmsg, for hosts
+//! where the cgroup path is unavailable, and to see connections that were open before the
+//! daemon started. Every TCP send on the host enters the hook, so the first thing it does
+//! is compare the destination port and address, with two small reads, and leave: nothing is
+//! copied for other traffic.
+//!
+//! Expected prototype (net/ipv4/tcp.c, unchanged since 4.1):
+//!   int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size);
+//!
+//! The bytes are read from the sender's iov_iter at entry: `ITER_UBUF` (one buffer; 6.0+
+//! uses it for single-buffer sends) or `ITER_IOVEC` (every segment, bounded). Anything else
+//! (kernel pages from sendfile/splice) is counted as unreadable, and its bytes show up in user
+//! space as a gap in the stream, so the request becomes `unknown`, never a guess. Stream
+//! offsets are TCP's write sequence, which also counts bytes that reached the socket some
+//! other way (tcp_sendpage on older kernels).
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
+};
+use imds_probe_common::{
+    imds::{AF_INET, AF_INET6, IMDS_IPV4, IMDS_PORT, is_imds_addr},
+    loss::{LOSS_CONNECTION_UNTRACKED, LOSS_SEND_TRUNCATED, LOSS_SEND_UNREADABLE},
+    send::{BACKEND_FENTRY, BACKEND_KPROBE, CHUNK_BYTES, MAX_HOOK_CHUNKS, MAX_HOOK_SEGMENTS},
+};
+
+use crate::{
+    emit::{Memory, SendMeta, emit_close, emit_sized},
+    kernel::{global, read, read_ptr},
+    maps::{HOOKED_SOCKETS, count_loss},
+};
+
+crate::offset_globals!(
+    SEND_HOOK_READY,
+    OFF_SKC_FAMILY,
+    OFF_SKC_DPORT,
+    OFF_SKC_DADDR,
+    OFF_SKC_V6_DADDR,
+    OFF_TCP_WRITE_SEQ,
+    OFF_MSGHDR_ITER,
+    OFF_ITER_COUNT,
+    OFF_ITER_NR_SEGS,
+    OFF_ITER_TYPE,
+    ITER_TYPE_BYTES,
+    ITER_TYPE_MASK,
+    OFF_ITER_IOV,
+    OFF_ITER_UBUF,
+    ITER_IOVEC_VALUE,
+    ITER_UBUF_VALUE,
+);
+
+/// Chunks read from each iovec segment (16 KiB).
+const CHUNKS_PER_SEGMENT: u32 = 4;
+
+/// inet_sock_set_state's record (include/trace/events/sock.h): skaddr at 8, newstate at 20.
+const STATE_SKADDR: usize = 8;
+const STATE_NEWSTATE: usize = 20;
+const TCP_CLOSE: i32 = 7;
+
+#[fentry(function = "tcp_sendmsg")]
+pub fn imds_fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
+    on_send(
+        ctx.arg::<u64>(0) as *const u8,
+        ctx.arg::<u64>(1) as *const u8,
+        BACKEND_FENTRY,
+    );
+    0
+}
+
+#[kprobe]
+pub fn imds_kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        on_send(sk as *const u8, msg as *const u8, BACKEND_KPROBE);
+    }
+    0
+}
+
+/// Frees a hooked connection's state, and tells user space, when it closes.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn imds_sock_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offsets are the tracepoint's fixed record layout.
+    let (sk, state) = unsafe {
+        (
+            ctx.read_at::<u64>(STATE_SKADDR),
+            ctx.read_at::<i32>(STATE_NEWSTATE),
+        )
+    };
+    if let (Ok(sk), Ok(TCP_CLOSE)) = (sk, state) {
+        // SAFETY: the value is copied out before the entry is removed.
+        if let Some(backend) = unsafe { HOOKED_SOCKETS.get(sk) }.copied() {
+            let _ = HOOKED_SOCKETS.remove(sk);
+            emit_close(backend, sk);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
+    if global(&SEND_HOOK_READY) == 0 {
+        return;
+    }
+    // The cheap filter first: one two-byte read rejects almost all traffic.
+    let dport: u16 = read(sk, global(&OFF_SKC_DPORT));
+    if u16::from_be(dport) != IMDS_PORT {
+        return;
+    }
+    let family: u16 = read(sk, global(&OFF_SKC_FAMILY));
+    let mut remote_addr = [0u8; 16];
+    match family {
+        AF_INET => {
+            let addr: [u8; 4] = read(sk, global(&OFF_SKC_DADDR));
+            if addr != IMDS_IPV4 {
+                return;
+            }
+            remote_addr[10] = 0xff;
+            remote_addr[11] = 0xff;
+            remote_addr[12..].copy_from_slice(&addr);
+        }
+        AF_INET6 => {
+            remote_addr = read(sk, global(&OFF_SKC_V6_DADDR));
+            if !is_imds_addr(&remote_addr) {
+                return;
+            }
+        }
+        _ => return,
+    }
+    let id = sk as u64;
+    // SAFETY: a plain map lookup.
+    if unsafe { HOOKED_SOCKETS.get(id) }.is_none()
+        && HOOKED_SOCKETS
+            .insert(id, backend, u64::from(BPF_NOEXIST))
+            .is_err()
+    {
+        // Captured anyway; only the close will not be reported.
+        count_loss(LOSS_CONNECTION_UNTRACKED);
+    }
+    let seq: u32 = read(sk, global(&OFF_TCP_WRITE_SEQ));
+    let iter = msg.wrapping_add(global(&OFF_MSGHDR_ITER) as usize);
+    let count: u64 = read(iter, global(&OFF_ITER_COUNT));
+    let meta = SendMeta {
+        backend,
+        cookie: id,
+        remote_addr,
+        remote_port: IMDS_PORT,
+        family,
+        send_size: count as u32,
+    };
+    let iter_type = if global(&ITER_TYPE_BYTES) == 1 {
+        u32::from(read::<u8>(iter, global(&OFF_ITER_TYPE)))
+    } else {
+        read::<u32>(iter, global(&OFF_ITER_TYPE))
+    } & global(&ITER_TYPE_MASK);
+    let captured = if iter_type == global(&ITER_UBUF_VALUE) {
+        let base = read_ptr(iter, global(&OFF_ITER_UBUF));
+        emit_buffer(&meta, seq, base, count, MAX_HOOK_CHUNKS)
+    } else if iter_type == global(&ITER_IOVEC_VALUE) {
+        emit_iovec(
+            &meta,
+            seq,
+            read_ptr(iter, global(&OFF_ITER_IOV)),
+            read(iter, global(&OFF_ITER_NR_SEGS)),
+        )
+    } else {
+        count_loss(LOSS_SEND_UNREADABLE);
+        // A zero-length marker at the end of the unreadable bytes: user space sees the gap
+        // now, attributed to this sender, instead of at some later send or never.
+        emit_sized::<{ CHUNK_BYTES }>(
+            &meta,
+            u64::from(seq.wrapping_add(count as u32)),
+            msg,
+            0,
+            Memory::User,
+        );
+        return;
+    };
+    if captured < count {
+        count_loss(LOSS_SEND_TRUNCATED);
+    }
+}
+
+/// Emits the chunks of one user buffer; returns the bytes captured. Every bound is derived
+/// from the loop index, not from a running total, so the verifier's states at each iteration
+/// stay few and comparable: a running total makes their number explode.
+#[inline(always)]
+fn emit_buffer(meta: &SendMeta, stream_offset: u32, base: *const u8, len: u64, chunks: u32) -> u64 {
+    let mut captured = 0;
+    for i in 0..chunks {
+        let start = u64::from(i) * CHUNK_BYTES as u64;
+        if start >= len {
+            break;
+        }
+        let left = len - start;
+        let n = if left > CHUNK_BYTES as u64 {
+            CHUNK_BYTES as u64
+        } else {
+            left
+        };
+        emit_sized::<{ CHUNK_BYTES }>(
+            meta,
+            u64::from(stream_offset.wrapping_add(start as u32)),
+            base.wrapping_add(start as usize),
+            n as u32,
+            Memory::User,
+        );
+        captured = start + n;
+    }
+    captured
+}
+
+/// Emits an iovec array segment by segment; returns the bytes captured.
+#[inline(always)]
+fn emit_iovec(meta: &SendMeta, seq: u32, iov: *const u8, nr_segs: u64) -> u64 {
+    let mut captured = 0;
+    let mut segment_start = 0u64;
+    for segment in 0..MAX_HOOK_SEGMENTS {
+        if segment >= nr_segs {
+            break;
+        }
+        // struct iovec { void __user *iov_base; size_t iov_len; }
+        let entry = iov.wrapping_add((segment * 16) as usize);
+        let (base, len): (u64, u64) = (read(entry, 0), read(entry, 8));
+        let got = emit_buffer(
+            meta,
+            seq.wrapping_add(segment_start as u32),
+            base as *const u8,
+            len,
+            CHUNKS_PER_SEGMENT,
+        );
+        captured += got;
+        segment_start += len;
+    }
+    captured
+}

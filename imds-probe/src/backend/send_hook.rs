@@ -1,0 +1,100 @@
+//! The send-hook backends (fentry, kprobe on tcp_sendmsg) and what they need: struct
+//! offsets and iov_iter details of the running kernel, and the close tracepoint. See the
+//! kernel side's `send_hook.rs` for why these hooks and how they read a send.
+
+use aya::{
+    Ebpf,
+    programs::{FEntry, KProbe, TracePoint},
+};
+use imds_probe_common::process::SEND_HOOK_GLOBALS;
+
+use super::{LoadError, program, program_error};
+use crate::btf_offsets::{Btf, BtfError};
+
+const FENTRY: &str = "imds_fentry_tcp_sendmsg";
+const KPROBE: &str = "imds_kprobe_tcp_sendmsg";
+const CLOSE: &str = "imds_sock_state";
+const HOOKED_FUNCTION: &str = "tcp_sendmsg";
+/// No iter_type has this value: it stands for "this kernel has no ITER_UBUF".
+const NO_SUCH_TYPE: u32 = u32::MAX;
+
+/// Offsets and values for the send hooks' globals, or None (logged) when BTF lacks any.
+pub fn kernel_offsets(btf: &Btf) -> Option<Vec<(&'static str, u32)>> {
+    let resolve = || -> Result<Vec<(&'static str, u32)>, BtfError> {
+        let mut globals = btf.member_offsets(&SEND_HOOK_GLOBALS)?;
+        globals.extend(iov_iter_layout(btf)?);
+        Ok(globals)
+    };
+    resolve()
+        .inspect_err(|e| {
+            tracing::warn!(
+                "kernel BTF lacks what the send hooks need ({e}): fentry and kprobe unavailable"
+            )
+        })
+        .ok()
+}
+
+/// iov_iter changed shape: 5.14 turned `unsigned int type` (direction in bit 0, type flags
+/// above) into `u8 iter_type` with renumbered values, 6.0 added ITER_UBUF, 6.4 renamed `iov`
+/// to `__iov`. Each is looked up rather than assumed from a version number.
+fn iov_iter_layout(btf: &Btf) -> Result<Vec<(&'static str, u32)>, BtfError> {
+    let (type_offset, type_bytes, type_mask) = match btf.member_offset("iov_iter", "iter_type") {
+        Ok(offset) => (offset, 1, 0xff),
+        // READ/WRITE sit in bit 0 of the old field.
+        Err(_) => (btf.member_offset("iov_iter", "type")?, 4, !1u32),
+    };
+    let iov_offset = btf
+        .member_offset("iov_iter", "__iov")
+        .or_else(|_| btf.member_offset("iov_iter", "iov"))?;
+    let (ubuf_offset, ubuf_value) = match (
+        btf.member_offset("iov_iter", "ubuf"),
+        btf.enum_value("iter_type", "ITER_UBUF"),
+    ) {
+        (Ok(offset), Ok(value)) => (offset, value as u32),
+        _ => (0, NO_SUCH_TYPE),
+    };
+    Ok(vec![
+        ("OFF_ITER_TYPE", type_offset),
+        ("ITER_TYPE_BYTES", type_bytes),
+        ("ITER_TYPE_MASK", type_mask),
+        ("OFF_ITER_IOV", iov_offset),
+        ("OFF_ITER_UBUF", ubuf_offset),
+        (
+            "ITER_IOVEC_VALUE",
+            btf.enum_value("iter_type", "ITER_IOVEC")? as u32,
+        ),
+        ("ITER_UBUF_VALUE", ubuf_value),
+    ])
+}
+
+pub fn attach_fentry(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let btf = aya::Btf::from_sys_fs().map_err(LoadError::KernelBtf)?;
+    let program: &mut FEntry = program(ebpf, FENTRY)?;
+    program
+        .load(HOOKED_FUNCTION, &btf)
+        .map_err(program_error(FENTRY, "load"))?;
+    program.attach().map_err(program_error(FENTRY, "attach"))?;
+    attach_close(ebpf)
+}
+
+pub fn attach_kprobe(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let program: &mut KProbe = program(ebpf, KPROBE)?;
+    program.load().map_err(program_error(KPROBE, "load"))?;
+    program
+        .attach(HOOKED_FUNCTION, 0)
+        .map_err(program_error(KPROBE, "attach"))?;
+    attach_close(ebpf)
+}
+
+/// Without the close, hooked connections would only leave the tables by eviction, so a
+/// backend whose close tracepoint does not attach is refused as a whole.
+fn attach_close(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let program: &mut TracePoint = program(ebpf, CLOSE)?;
+    if program.fd().is_err() {
+        program.load().map_err(program_error(CLOSE, "load"))?;
+    }
+    program
+        .attach("sock", "inet_sock_set_state")
+        .map_err(program_error(CLOSE, "attach"))?;
+    Ok(())
+}
