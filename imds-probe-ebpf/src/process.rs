@@ -8,6 +8,7 @@
 //! programs emit nothing and user space falls back to /proc.
 
 use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
@@ -20,6 +21,11 @@ use imds_probe_common::{
     process::{EXEC_ARGS_BYTES, ExecRecord, ExitRecord, ForkRecord, UPID_BYTES},
     record::{KIND_EXEC, KIND_EXIT, KIND_FORK, RecordHeader},
 };
+
+/// Process records do not wake the reader: sends do, and the reader also drains on a short
+/// timer, so a fork-heavy host does not pay a wake-up per process for a reader that only
+/// needs the records when a send arrives.
+const NO_WAKEUP: u64 = BPF_RB_NO_WAKEUP as u64;
 
 use crate::{
     kernel::{global, read, read_ptr},
@@ -90,7 +96,7 @@ pub fn imds_process_fork(ctx: RawTracePointContext) -> i32 {
         child_ns_pid: ns_pid(child),
         _pad: 0,
     };
-    if EVENTS.output::<ForkRecord>(record, 0).is_err() {
+    if EVENTS.output::<ForkRecord>(record, NO_WAKEUP).is_err() {
         count_loss(LOSS_RING_BUFFER_PROCESS);
     }
     0
@@ -116,7 +122,7 @@ pub fn imds_process_exit(_ctx: RawTracePointContext) -> i32 {
         pid: tgid,
         _pad: 0,
     };
-    if EVENTS.output::<ExitRecord>(record, 0).is_err() {
+    if EVENTS.output::<ExitRecord>(record, NO_WAKEUP).is_err() {
         count_loss(LOSS_RING_BUFFER_PROCESS);
     }
     0
@@ -179,6 +185,6 @@ pub fn imds_process_exec(ctx: RawTracePointContext) -> i32 {
         (*record).args_truncated = u32::from(args_total > EXEC_ARGS_BYTES as u64);
         (*record)._pad = 0;
     }
-    entry.submit(0);
+    entry.submit(NO_WAKEUP);
     0
 }

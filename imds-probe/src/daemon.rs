@@ -4,6 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -17,6 +18,10 @@ use crate::{
     sink::{Outputs, Sink},
 };
 
+/// How often the ring buffer is drained without a wake-up. At 8 MiB it holds several
+/// thousand exec records, far more than even a fork-heavy host makes in this time.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
 pub struct RunOptions {
     pub backend: BackendChoice,
     pub log_file: Option<PathBuf>,
@@ -25,6 +30,7 @@ pub struct RunOptions {
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
+    let _instance = crate::system::single_instance()?;
     let sink = Sink::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
@@ -49,16 +55,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
     tracing::info!(%backend, log_file = ?options.log_file, "capturing IMDS requests");
 
     let mut loss_tick = tokio::time::interval(options.loss_report_interval);
+    // Process records do not wake us (see the kernel side); this drains them in time.
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     loop {
         tokio::select! {
             readable = ring.readable_mut() => {
                 let mut guard = readable.context("waiting on the ring buffer")?;
-                let ring = guard.get_inner_mut();
-                while let Some(record) = ring.next() {
-                    pipeline.handle(&record);
-                }
+                drain(guard.get_inner_mut(), &mut pipeline);
                 guard.clear_ready();
             }
+            _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline),
             _ = loss_tick.tick() => pipeline.report_loss(read_loss(&loss)),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -67,12 +73,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     tracing::info!("stopping: detaching programs and draining the ring buffer");
     drop(ebpf);
-    let ring = ring.get_mut();
-    while let Some(record) = ring.next() {
-        pipeline.handle(&record);
-    }
+    drain(ring.get_mut(), &mut pipeline);
     pipeline.finish();
     pipeline.report_loss(read_loss(&loss));
     pipeline.close();
     Ok(())
+}
+
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+    while let Some(record) = ring.next() {
+        pipeline.handle(&record);
+    }
 }

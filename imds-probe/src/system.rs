@@ -10,6 +10,7 @@ use std::{
 use nix::{mount::MsFlags, sys::resource};
 
 const BPFFS: &str = "/sys/fs/bpf";
+const LOCK_FILE: &str = "/run/imds-probe.lock";
 /// Where we mount cgroup2 ourselves when no cgroup2 hierarchy is mounted anywhere.
 const CGROUP2_FALLBACKS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
 
@@ -26,6 +27,12 @@ pub enum SystemError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "another imds-probe is running (it holds {LOCK_FILE}{}); one per host: a socket joins \
+         only one daemon's socket hash",
+        .0.map(|pid| format!(", pid {pid}")).unwrap_or_default()
+    )]
+    AlreadyRunning(Option<u32>),
     #[error(
         "no cgroup v2 hierarchy is mounted and mounting one failed ({0}); the sk_msg backend \
          needs cgroup2 (kernel 4.5+ with CONFIG_CGROUP_BPF)"
@@ -70,6 +77,35 @@ fn ensure_tracefs() {
         Ok(()) => tracing::info!("mounted tracefs on {TRACEFS}"),
         Err(e) => tracing::warn!("mounting tracefs on {TRACEFS} failed: {e}"),
     }
+}
+
+/// Holds the host-wide instance lock for as long as it lives.
+pub struct InstanceLock(
+    #[expect(dead_code, reason = "held for its Drop: closing releases the lock")] fs::File,
+);
+
+/// Takes the host-wide lock that keeps a second daemon from starting (and silently losing
+/// connections to the first). The lock file records the holder's pid for the error message.
+pub fn single_instance() -> Result<InstanceLock, SystemError> {
+    use std::{io::Write, os::fd::AsRawFd};
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(LOCK_FILE)
+        .map_err(SystemError::from_io("open /run/imds-probe.lock"))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = fs::read_to_string(LOCK_FILE)
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok());
+        return Err(SystemError::AlreadyRunning(holder));
+    }
+    file.set_len(0)
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .map_err(SystemError::from_io("write /run/imds-probe.lock"))?;
+    Ok(InstanceLock(file))
 }
 
 fn check_privileges() -> Result<(), SystemError> {
