@@ -1,16 +1,19 @@
 //! Building send records in the ring buffer. Shared by every backend: a backend only decides
 //! where the bytes come from.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_ns,
-    generated::{bpf_probe_read_kernel, bpf_probe_read_user},
+use aya_ebpf::{
+    bindings::BPF_RB_FORCE_WAKEUP,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user},
+    },
 };
 use imds_probe_common::{
     close::Close,
     loss::{LOSS_READ_FAILED, LOSS_RING_BUFFER_CLOSE, LOSS_RING_BUFFER_SEND},
     record::{KIND_CLOSE, KIND_SEND, RecordHeader},
-    send::{CHUNK_BYTES, SendChunk, SendRecord},
+    send::{BACKEND_SK_MSG, CHUNK_BYTES, SendChunk, SendRecord},
 };
 
 use crate::maps::{EVENTS, count_loss};
@@ -19,6 +22,11 @@ use crate::maps::{EVENTS, count_loss};
 /// dense, a large one carries header blocks and bodies. The ring buffer needs a constant size
 /// per reservation, hence two fixed sizes rather than one variable one.
 pub const SMALL_CHUNK: usize = 512;
+
+/// Sends and closes always wake the reader. Process records are written without a wake-up,
+/// and with the default policy a record behind an unread one wakes nobody: a send would then
+/// wait for the reader's drain timer.
+const WAKE_READER: u64 = BPF_RB_FORCE_WAKEUP as u64;
 
 /// What identifies the connection and the sender, filled once per send.
 pub struct SendMeta {
@@ -79,7 +87,13 @@ pub fn emit_sized<const N: usize>(
             uid_gid: bpf_get_current_uid_gid(),
             cgroup_id: bpf_get_current_cgroup_id(),
             stream_offset,
-            comm: bpf_get_current_comm().unwrap_or_default(),
+            // sk_msg programs may not call bpf_get_current_comm before 6.x kernels; user
+            // space names the process from its process table instead.
+            comm: if meta.backend == BACKEND_SK_MSG {
+                [0; 16]
+            } else {
+                bpf_get_current_comm().unwrap_or_default()
+            },
             remote_addr: meta.remote_addr,
             remote_port: meta.remote_port,
             family: meta.family,
@@ -94,7 +108,7 @@ pub fn emit_sized<const N: usize>(
         }
     };
     if copied == 0 {
-        entry.submit(0);
+        entry.submit(WAKE_READER);
     } else {
         entry.discard(0);
         count_loss(LOSS_READ_FAILED);
@@ -115,5 +129,5 @@ pub fn emit_close(backend: u32, cookie: u64) {
         },
         cookie,
     });
-    entry.submit(0);
+    entry.submit(WAKE_READER);
 }

@@ -230,7 +230,10 @@ impl Daemon {
         let dir = TempDir::new("daemon");
         let notify_path = dir.0.join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        // Short reads, so a daemon that exits instead of getting ready fails the test at once.
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let log_file = dir.0.join("logs/events.jsonl");
         let mut child = Command::new(bin("imds-probe"))
             .arg("run")
@@ -281,20 +284,31 @@ impl Daemon {
             _notify_dir: dir,
         };
         let mut buf = [0u8; 256];
+        let deadline = Instant::now() + DEADLINE;
         loop {
             match notify.recv(&mut buf) {
                 Ok(n) if buf[..n].windows(7).any(|w| w == b"READY=1") => break,
                 Ok(_) => continue,
-                Err(e) => {
-                    let status = daemon
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let exited = daemon
                         .child
                         .as_mut()
                         .and_then(|c| c.try_wait().ok().flatten());
-                    panic!(
-                        "no READY=1 from imds-probe ({e}); exit: {status:?}; stderr:\n{}",
-                        daemon.stderr()
-                    );
+                    if exited.is_some() || Instant::now() > deadline {
+                        // Let the stderr reader catch up with the daemon's last words.
+                        thread::sleep(Duration::from_millis(100));
+                        panic!(
+                            "no READY=1 from imds-probe; exit: {exited:?}; stderr:\n{}",
+                            daemon.stderr()
+                        );
+                    }
                 }
+                Err(e) => panic!("reading the notify socket: {e}"),
             }
         }
         daemon

@@ -228,6 +228,9 @@ fn hex(len: usize, seed: &str) -> String {
         .to_owned()
 }
 
+/// Assertions on the event of a caller placed in a cgroup.
+type Check<'a> = Box<dyn Fn(&Value) + 'a>;
+
 #[test]
 fn callers_in_container_and_service_cgroups_are_named() {
     let Some(t) = setup() else { return };
@@ -240,7 +243,7 @@ fn callers_in_container_and_service_cgroups_are_named() {
     );
     let pod = "4f5e6d7c-1234-4abc-9def-0123456789ab";
     let service = format!("imds-probe-test-{}.service", std::process::id());
-    let cases: Vec<(String, Box<dyn Fn(&Value)>)> = vec![
+    let cases: Vec<(String, Check)> = vec![
         (
             format!("/system.slice/docker-{docker}.scope"),
             Box::new(|e: &Value| {

@@ -1,8 +1,11 @@
 //! Developer tasks for imds-probe, run as `cargo xtask <task>` (an alias in .cargo/config.toml).
 
+mod bench;
 mod cmd;
+mod sdk;
 mod setup;
 mod test;
+mod vm;
 mod workspace;
 
 use std::{
@@ -46,7 +49,15 @@ enum Task {
         /// Skip fmt and clippy, for quick local iterations.
         #[arg(long)]
         skip_lint: bool,
+        /// Skip vm-test (booting Debian's cloud kernels under emulation takes minutes).
+        #[arg(long)]
+        skip_vm: bool,
     },
+    /// Setup, build, then the integration tests inside qemu VMs, on a matrix of Debian cloud
+    /// kernels, once per backend, with a kernel x backend report.
+    VmTest(vm::Options),
+    /// Setup, build, then measure as root: overhead, capacity, latency, startup (or all).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,7 +85,12 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Run { args } => run_daemon(args),
-        Task::Test { skip_lint } => test::run(skip_lint),
+        Task::Test { skip_lint, skip_vm } => test::run(skip_lint, skip_vm),
+        Task::VmTest(opts) => {
+            setup::run()?;
+            vm::run(&Workspace::new()?, &opts)
+        }
+        Task::Bench(args) => bench::run(args),
     }
 }
 

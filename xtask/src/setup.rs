@@ -26,7 +26,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// only use the nightly the machine already has; rustup must never fetch another.
 pub const NIGHTLY: &str = "nightly";
 
-/// Debian packages the integration tests call out to.
+/// Debian packages the integration tests call out to, and what `vm-test` needs to boot them
+/// in a VM: qemu, a static busybox for the VM's userland, the archive keys its private apt
+/// sources are signed with. (The VM takes ip, curl, python3 and unshare from the host.)
 pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
@@ -34,13 +36,16 @@ pub const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "strace",
+    "qemu-system-x86",
+    "busybox-static",
+    "debian-archive-keyring",
 ];
 
 pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     apt_packages()?;
-    Ok(())
+    crate::sdk::install()
 }
 
 /// PATH for child processes that build: the toolchain prefix first, so aya-build and cargo

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, setup, workspace::Workspace};
+use crate::{cmd, setup, vm, workspace::Workspace};
 
 /// What a stage's failure means for the stages after it.
 #[derive(Clone, Copy, PartialEq)]
@@ -17,6 +17,8 @@ enum Kind {
     Lint,
     /// Later stages still run after it fails.
     Check,
+    /// A Check that `--skip-vm` skips.
+    Vm,
 }
 
 struct Stage(&'static str, Kind, fn(&Workspace) -> Result<()>);
@@ -28,6 +30,9 @@ const STAGES: &[Stage] = &[
     Stage("clippy-ebpf", Kind::Lint, clippy_ebpf),
     Stage("build", Kind::Prerequisite, build),
     Stage("test", Kind::Check, test),
+    Stage("vm-test", Kind::Vm, |ws| {
+        vm::run(ws, &vm::Options::default())
+    }),
 ];
 
 /// The kernel crate is no_std/no_main and only compiles for the BPF target, so a host
@@ -88,13 +93,13 @@ enum Outcome {
     Skipped,
 }
 
-pub fn run(skip_lint: bool) -> Result<()> {
+pub fn run(skip_lint: bool, skip_vm: bool) -> Result<()> {
     let ws = Workspace::new()?;
     let started = Instant::now();
     let mut outcomes = Vec::new();
     let mut stopped = false;
     for &Stage(name, kind, stage) in STAGES {
-        if stopped || (skip_lint && kind == Kind::Lint) {
+        if stopped || (skip_lint && kind == Kind::Lint) || (skip_vm && kind == Kind::Vm) {
             outcomes.push((name, Outcome::Skipped));
             continue;
         }

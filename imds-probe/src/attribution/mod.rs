@@ -180,8 +180,13 @@ impl Attributor {
             ns_pid: record.ns_pid.filter(|&ns_pid| ns_pid != sender.pid),
             tid: sender.tid,
             ppid: (record.ppid != 0).then_some(record.ppid),
-            // The kernel's comm at send time: a thread may have renamed itself since.
-            comm: sender.comm.clone(),
+            // The kernel's comm at send time where the backend reports it (a thread may have
+            // renamed itself); the process's, from the table, where it does not (sk_msg).
+            comm: if sender.comm.is_empty() {
+                record.comm
+            } else {
+                sender.comm.clone()
+            },
             exe: record.exe,
             cmdline: record.cmdline,
             uid: sender.uid,

@@ -182,7 +182,11 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
         .ok();
     let process_offsets = btf.as_ref().and_then(process_events::kernel_offsets);
     let hook_offsets = btf.as_ref().and_then(send_hook::kernel_offsets);
+    drop(btf);
     let mut loader = EbpfLoader::new();
+    // The programs carry no CO-RE relocations (offsets come in globals), so aya need not
+    // parse the kernel's BTF again: that would double the daemon's start-up peak memory.
+    loader.btf(None);
     for (offsets, ready) in [
         (&process_offsets, OFFSETS_READY_GLOBAL),
         (&hook_offsets, SEND_HOOK_READY_GLOBAL),

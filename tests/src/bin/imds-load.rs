@@ -104,7 +104,7 @@ enum Command {
     },
 }
 
-fn main() -> anyhow_like::Result {
+fn main() -> Result {
     let cli = Cli::parse();
     let runtime = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -148,14 +148,12 @@ fn main() -> anyhow_like::Result {
     })
 }
 
-/// io::Error with a message, without pulling anyhow into the test package.
-mod anyhow_like {
-    pub type Result<T = ()> = std::result::Result<T, std::io::Error>;
-    pub fn err(msg: impl Into<String>) -> std::io::Error {
-        std::io::Error::other(msg.into())
-    }
+type Result<T = ()> = io::Result<T>;
+
+/// An io::Error with a message, so the test package needs no anyhow.
+fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
 }
-use anyhow_like::{Result, err};
 
 fn secs(seconds: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(seconds).map_err(|e| err(format!("bad duration {seconds}: {e}")))
@@ -320,7 +318,9 @@ async fn connect_churn(addr: SocketAddr, concurrency: usize, seconds: f64) -> Re
                     stream.read_exact(&mut back).await?;
                     // Wait for the server's FIN so the close happens on its side first.
                     let mut rest = [0u8; 1];
-                    stream.read(&mut rest).await?;
+                    if stream.read(&mut rest).await? != 0 {
+                        return Err(err("the server sent more than 64 bytes"));
+                    }
                     Ok::<_, io::Error>(())
                 };
                 match once.await {
@@ -548,6 +548,7 @@ impl Counts {
 }
 
 async fn imds(addr: SocketAddr, connections: usize, rate: u64, seconds: f64, mix: &str) -> Result {
+    require_local(&addr)?;
     let roles = roles(mix, connections.max(1))?;
     let n = roles.len();
     let start = Instant::now() + Duration::from_millis(20);
@@ -646,6 +647,21 @@ async fn imds(addr: SocketAddr, connections: usize, rate: u64, seconds: f64, mix
     Ok(())
 }
 
+/// The IMDS load must never reach a real instance metadata service: refuse unless the target
+/// address is assigned to this network namespace (as in the benchmark's own namespace).
+/// Binding a UDP socket to an address succeeds only for a local one.
+fn require_local(addr: &SocketAddr) -> Result {
+    std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0))
+        .map(drop)
+        .map_err(|e| {
+            err(format!(
+                "refusing to send to {addr}: {} is not an address of this network namespace ({e}); \
+             run inside a namespace that owns it, as `cargo xtask bench` does",
+                addr.ip()
+            ))
+        })
+}
+
 fn realtime_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -653,6 +669,7 @@ fn realtime_ns() -> u128 {
 }
 
 async fn latency(addr: SocketAddr, rate: u64, seconds: f64) -> Result {
+    require_local(&addr)?;
     let host = host_header(&addr);
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut conn = HttpConn::connect(addr).await?;

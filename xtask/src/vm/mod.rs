@@ -1,0 +1,397 @@
+//! `cargo xtask vm-test`: the integration tests on the kernels EC2 hosts really run (Debian's
+//! cloud kernels, which have kprobes, fentry and BTF that the development kernel lacks), once
+//! per backend, each kernel booted under qemu with an initramfs made here. Every kernel's
+//! results are gathered before the report, so one bad kernel never hides another's.
+//!
+//! Modelled on aya's `xtask/src/run.rs` and `test-distro`: one result line per backend on the
+//! serial console, and panic and hang detection on the host side.
+
+mod initramfs;
+mod kernels;
+mod qemu;
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd, workspace::Workspace};
+
+/// Backends each kernel runs, in order. The values are what the daemon's `--backend` and the
+/// tests' IMDS_PROBE_TEST_BACKEND take.
+const BACKENDS: &[&str] = &["sk-msg", "fentry", "kprobe"];
+
+/// The package whose tests/ targets run in the VM.
+const TESTS_PACKAGE: &str = "imds-probe-tests";
+
+/// Daemon binaries the tests start, from `cargo build --release -p imds-probe --bins`.
+const DAEMON_BINS: &[&str] = &["imds-probe", "fake-imds"];
+
+/// Long enough for three backends' tests under emulation; short enough that a hung kernel
+/// leaves CI time for the others.
+const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Kernel to boot (repeatable): 5.10, 6.1, 6.12. Default: all.
+    #[arg(long = "kernel", value_name = "NAME")]
+    kernels: Vec<String>,
+    /// Backend to test (repeatable): sk-msg, fentry, kprobe. Default: all.
+    #[arg(long = "backend", value_name = "NAME")]
+    backends: Vec<String>,
+    /// Keep target/vm/initrd.gz after the run and print the qemu command lines, to boot a
+    /// kernel again by hand.
+    #[arg(long)]
+    keep: bool,
+    /// Give up on a kernel (and kill its VM) after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            kernels: Vec::new(),
+            backends: Vec::new(),
+            keep: false,
+            timeout: DEFAULT_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// (name inside the VM, host path).
+type Executables = Vec<(String, PathBuf)>;
+
+/// One cell of the report.
+enum Cell {
+    Ran(qemu::Outcome),
+    Skipped(String),
+}
+
+/// One row of the report.
+struct Row {
+    kernel: &'static kernels::KernelSpec,
+    /// `package version`, or why there is no kernel.
+    image: Result<String, String>,
+    cells: Vec<Cell>,
+    boot: Option<Duration>,
+    total: Option<Duration>,
+    notes: Vec<String>,
+    /// A kernel that was required but could not be had.
+    failed_to_fetch: bool,
+}
+
+pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
+    let started = Instant::now();
+    let specs = selected_kernels(&opts.kernels)?;
+    let backends = selected_backends(&opts.backends)?;
+
+    let mut bins = build_daemon(ws)?;
+    let (tests, test_bins) = build_tests(ws)?;
+    bins.extend(test_bins);
+    let vm_dir = ws
+        .release_dir()?
+        .parent()
+        .context("target/release has no parent")?
+        .join("vm");
+    fs::create_dir_all(&vm_dir).with_context(|| format!("creating {}", vm_dir.display()))?;
+    let initrd = vm_dir.join("initrd.gz");
+    let initrd_started = Instant::now();
+    let size = initramfs::build(
+        &initramfs::Contents {
+            bins: &bins,
+            tests: &tests,
+        },
+        &initrd,
+    )?;
+    println!(
+        "vm-test: {} ({:.1} MiB, {} test executable(s): {}) in {:.1}s",
+        initrd.display(),
+        size as f64 / f64::from(1 << 20),
+        tests.len(),
+        tests
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        initrd_started.elapsed().as_secs_f64()
+    );
+
+    let mut rows = Vec::new();
+    let mut reruns = Vec::new();
+    // One kernel at a time: each VM already keeps both cores busy (two emulated vCPUs), so
+    // running two at once makes each slower and puts the tests' 20 s deadlines at risk.
+    for spec in specs {
+        eprintln!("== vm-test: kernel {} ({})", spec.name, spec.why);
+        let fetch_started = Instant::now();
+        let kernel = match kernels::fetch(spec) {
+            Ok(kernel) => kernel,
+            Err(err) => {
+                let reason = format!("{err:#}");
+                eprintln!("vm-test: no {} kernel: {reason}", spec.name);
+                rows.push(Row {
+                    kernel: spec,
+                    image: Err(first_line(&reason).to_owned()),
+                    cells: backends
+                        .iter()
+                        .map(|_| Cell::Skipped(format!("no kernel: {}", first_line(&reason))))
+                        .collect(),
+                    boot: None,
+                    total: None,
+                    notes: vec![format!("skipped: {}", first_line(&reason))],
+                    failed_to_fetch: spec.required,
+                });
+                continue;
+            }
+        };
+        eprintln!(
+            "vm-test: {} {} ready in {:.1}s: {}",
+            kernel.package,
+            kernel.version,
+            fetch_started.elapsed().as_secs_f64(),
+            kernel.vmlinuz.display()
+        );
+        let boot = qemu::Boot {
+            kernel: spec.name,
+            vmlinuz: &kernel.vmlinuz,
+            initrd: &initrd,
+            backends: &backends,
+            log: &vm_dir.join(format!("{}.log", spec.name)),
+            timeout: Duration::from_secs(opts.timeout),
+        };
+        reruns.push(cmd::display(&boot.command()));
+        let run = boot.run()?;
+        let mut notes: Vec<String> = kernel.note.into_iter().collect();
+        if let Some(release) = &run.release {
+            notes.push(format!("uname -r: {release}"));
+        }
+        notes.extend(run.problems);
+        notes.push(format!("console: {}", boot.log.display()));
+        rows.push(Row {
+            kernel: spec,
+            image: Ok(format!("{} {}", kernel.package, kernel.version)),
+            cells: run
+                .outcomes
+                .into_iter()
+                .map(|(_, outcome)| Cell::Ran(outcome))
+                .collect(),
+            boot: run.boot,
+            total: Some(run.total),
+            notes,
+            failed_to_fetch: false,
+        });
+    }
+
+    if opts.keep {
+        println!("vm-test: kept {}; boot again with:", initrd.display());
+        for rerun in &reruns {
+            println!("  {rerun}");
+        }
+    } else {
+        fs::remove_file(&initrd).with_context(|| format!("removing {}", initrd.display()))?;
+    }
+
+    print!("{}", report(&rows, &backends, started.elapsed()));
+    let failures: Vec<String> = rows
+        .iter()
+        .flat_map(|row| {
+            let fetch = row
+                .failed_to_fetch
+                .then(|| format!("{} (kernel unavailable)", row.kernel.name));
+            let cells = row
+                .cells
+                .iter()
+                .zip(&backends)
+                .filter(|(cell, _)| matches!(cell, Cell::Ran(qemu::Outcome::Failure { .. })))
+                .map(|(_, backend)| format!("{}/{backend}", row.kernel.name));
+            fetch.into_iter().chain(cells)
+        })
+        .collect();
+    if !failures.is_empty() {
+        bail!("vm-test failed: {}", failures.join(", "));
+    }
+    Ok(())
+}
+
+fn selected_kernels(names: &[String]) -> Result<Vec<&'static kernels::KernelSpec>> {
+    if names.is_empty() {
+        return Ok(kernels::KERNELS.iter().collect());
+    }
+    names
+        .iter()
+        .map(|name| {
+            kernels::spec(name).with_context(|| {
+                let known: Vec<_> = kernels::KERNELS.iter().map(|spec| spec.name).collect();
+                format!("unknown kernel {name:?}: known are {}", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn selected_backends(names: &[String]) -> Result<Vec<&'static str>> {
+    if names.is_empty() {
+        return Ok(BACKENDS.to_vec());
+    }
+    names
+        .iter()
+        .map(|name| {
+            BACKENDS
+                .iter()
+                .copied()
+                .find(|backend| backend == name)
+                .with_context(|| {
+                    format!(
+                        "unknown backend {name:?}: known are {}",
+                        BACKENDS.join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+fn build_daemon(ws: &Workspace) -> Result<Executables> {
+    let release = ws.build_daemon()?;
+    Ok(DAEMON_BINS
+        .iter()
+        .map(|name| ((*name).to_owned(), release.join(name)))
+        .collect())
+}
+
+/// Builds the integration tests. Returns every executable of a tests/*.rs target (so a new
+/// test file is picked up without touching this), and the package's own binaries (such as
+/// uring-client) that the tests start.
+fn build_tests(ws: &Workspace) -> Result<(Executables, Executables)> {
+    let mut cargo = ws.cargo();
+    cargo
+        .args(["test", "--release", "-p", TESTS_PACKAGE, "--no-run"])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    eprintln!("+ {}", cmd::display(&cargo));
+    let mut child = cargo.spawn().context("could not start cargo")?;
+    let stdout = child.stdout.take().context("cargo has no stdout")?;
+    let mut executables = Vec::new();
+    let mut bins = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo's output")?;
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let (Some(executable), Some(name)) = (
+            message["executable"].as_str(),
+            message["target"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        let kinds = &message["target"]["kind"];
+        let is = |kind: &str| {
+            kinds
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
+        };
+        let is_test_build = message["profile"]["test"] == true;
+        if is("test") {
+            executables.push((name.to_owned(), PathBuf::from(executable)));
+        } else if is("bin") && !is_test_build {
+            bins.push((name.to_owned(), PathBuf::from(executable)));
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
+    if !status.success() {
+        bail!("building {TESTS_PACKAGE}'s tests failed ({status})");
+    }
+    if executables.is_empty() {
+        bail!("cargo built no test executable for {TESTS_PACKAGE}");
+    }
+    Ok((executables, bins))
+}
+
+fn report(rows: &[Row], backends: &[&str], elapsed: Duration) -> String {
+    let mut header = vec!["kernel".to_owned(), "boot".to_owned(), "total".to_owned()];
+    header.extend(backends.iter().map(|backend| (*backend).to_owned()));
+    let mut table = vec![header];
+    for row in rows {
+        let mut line = vec![
+            row.kernel.name.to_owned(),
+            row.boot.map_or_else(|| "-".to_owned(), secs),
+            row.total.map_or_else(|| "-".to_owned(), secs),
+        ];
+        line.extend(row.cells.iter().map(|cell| match cell {
+            Cell::Skipped(_) => "skipped".to_owned(),
+            Cell::Ran(qemu::Outcome::Success { took, tests }) => {
+                format!("success {}/{} {}", tests.passed, tests.passed, secs(*took))
+            }
+            Cell::Ran(qemu::Outcome::Failure { took, tests, .. }) => format!(
+                "FAILURE {}/{} {}",
+                tests.failed,
+                tests.passed + tests.failed,
+                took.map_or_else(|| "-".to_owned(), secs)
+            ),
+        }));
+        table.push(line);
+    }
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|col| table.iter().map(|line| line[col].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nvm-test report ({} in all; cells: result, failed-or-passed/tests, time)",
+        secs(elapsed)
+    );
+    for line in &table {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "  {}", cells.join("  ").trim_end());
+    }
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "{}: {}",
+            row.kernel.name,
+            row.image.as_ref().unwrap_or_else(|reason| reason)
+        );
+        for note in &row.notes {
+            let _ = writeln!(out, "  {note}");
+        }
+        for (cell, backend) in row.cells.iter().zip(backends) {
+            match cell {
+                Cell::Ran(qemu::Outcome::Failure { reason, .. }) => {
+                    let _ = writeln!(out, "  {backend}: failure: {}", shorten(reason));
+                }
+                Cell::Skipped(reason) if row.image.is_ok() => {
+                    let _ = writeln!(out, "  {backend}: skipped: {reason}");
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn secs(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+fn shorten(text: &str) -> String {
+    const MAX: usize = 400;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
