@@ -47,6 +47,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
         ring,
         loss,
     } = backend::start(options.backend)?;
+    // Start-up parsed the kernel's BTF (aya's loader does, whether or not it is used) and the
+    // object; hand the freed heap back rather than carry it for the daemon's life.
+    // SAFETY: malloc_trim only releases free memory of glibc's allocator.
+    unsafe { libc::malloc_trim(0) };
     // SAFETY: the RingBuf owns its map fd and returns that same fd from as_raw_fd for as long
     // as it lives, and the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }

@@ -10,6 +10,7 @@ mod capacity;
 mod harness;
 mod latency;
 mod overhead;
+mod processes;
 mod procfs;
 mod startup;
 mod stats;
@@ -24,8 +25,8 @@ use crate::{cmd, setup, workspace::Workspace};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Which measurement; `all` runs startup, overhead, latency, then capacity (with the
-    /// kernel cost per BPF program).
+    /// Which measurement; `all` runs startup, overhead, processes, latency, then capacity
+    /// (with the kernel cost per BPF program).
     #[arg(value_enum, default_value_t = Which::All)]
     which: Which,
     /// Repetitions (default: startup 10, overhead 5, latency 3, capacity 3).
@@ -52,6 +53,8 @@ enum Which {
     Capacity,
     Latency,
     Startup,
+    /// The process tracking's cost on a fork-heavy load.
+    Processes,
     All,
 }
 
@@ -114,6 +117,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::All => &[
             Which::Startup,
             Which::Overhead,
+            Which::Processes,
             Which::Latency,
             Which::Capacity,
         ],
@@ -126,6 +130,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Overhead => overhead::run(&ctx)?,
             Which::Latency => latency::run(&ctx)?,
             Which::Capacity => capacity::run(&ctx)?,
+            Which::Processes => processes::run(&ctx)?,
             Which::All => unreachable!("expanded above"),
         }
     }
