@@ -4,8 +4,8 @@
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_ns,
         generated::{bpf_probe_read_kernel, bpf_probe_read_user},
     },
 };
@@ -13,7 +13,7 @@ use imds_probe_common::{
     close::Close,
     loss::{LOSS_READ_FAILED, LOSS_RING_BUFFER_CLOSE, LOSS_RING_BUFFER_SEND},
     record::{KIND_CLOSE, KIND_SEND, RecordHeader},
-    send::{BACKEND_SK_MSG, CHUNK_BYTES, SendChunk, SendRecord},
+    send::{CHUNK_BYTES, SendChunk, SendRecord},
 };
 
 use crate::maps::{EVENTS, count_loss};
@@ -36,6 +36,10 @@ pub struct SendMeta {
     pub remote_port: u16,
     pub family: u16,
     pub send_size: u32,
+    /// The sending thread's name, where the program type may ask for it: sk_msg programs
+    /// may not call bpf_get_current_comm on many kernels, and leave it zero for user space
+    /// to fill from its process table.
+    pub comm: [u8; 16],
 }
 
 /// Where a send's bytes live when a program reads them.
@@ -87,13 +91,7 @@ pub fn emit_sized<const N: usize>(
             uid_gid: bpf_get_current_uid_gid(),
             cgroup_id: bpf_get_current_cgroup_id(),
             stream_offset,
-            // sk_msg programs may not call bpf_get_current_comm before 6.x kernels; user
-            // space names the process from its process table instead.
-            comm: if meta.backend == BACKEND_SK_MSG {
-                [0; 16]
-            } else {
-                bpf_get_current_comm().unwrap_or_default()
-            },
+            comm: meta.comm,
             remote_addr: meta.remote_addr,
             remote_port: meta.remote_port,
             family: meta.family,

@@ -70,6 +70,9 @@ fn parent_tgid(task: *const u8) -> u32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
+// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// function, whose BTF-typed arguments kernels before 6.6 refuse.
+#[inline(always)]
 pub fn imds_process_fork(ctx: RawTracePointContext) -> i32 {
     if global(&OFFSETS_READY) == 0 {
         return 0;
@@ -103,6 +106,9 @@ pub fn imds_process_fork(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
+// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// function, whose BTF-typed arguments kernels before 6.6 refuse.
+#[inline(always)]
 pub fn imds_process_exit(_ctx: RawTracePointContext) -> i32 {
     if global(&OFFSETS_READY) == 0 {
         return 0;
@@ -129,6 +135,9 @@ pub fn imds_process_exit(_ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
+// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// function, whose BTF-typed arguments kernels before 6.6 refuse.
+#[inline(always)]
 pub fn imds_process_exec(ctx: RawTracePointContext) -> i32 {
     if global(&OFFSETS_READY) == 0 {
         return 0;

@@ -16,6 +16,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_comm,
     macros::{fentry, kprobe, tracepoint},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
@@ -59,6 +60,9 @@ const STATE_NEWSTATE: usize = 20;
 const TCP_CLOSE: i32 = 7;
 
 #[fentry(function = "tcp_sendmsg")]
+// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// function, whose BTF-typed arguments kernels before 6.6 refuse.
+#[inline(always)]
 pub fn imds_fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
     on_send(
         ctx.arg::<u64>(0) as *const u8,
@@ -69,6 +73,9 @@ pub fn imds_fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
 }
 
 #[kprobe]
+// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// function, whose BTF-typed arguments kernels before 6.6 refuse.
+#[inline(always)]
 pub fn imds_kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
         on_send(sk as *const u8, msg as *const u8, BACKEND_KPROBE);
@@ -78,6 +85,9 @@ pub fn imds_kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
 
 /// Frees a hooked connection's state, and tells user space, when it closes.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
+// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// function, whose BTF-typed arguments kernels before 6.6 refuse.
+#[inline(always)]
 pub fn imds_sock_state(ctx: TracePointContext) -> u32 {
     // SAFETY: the offsets are the tracepoint's fixed record layout.
     let (sk, state) = unsafe {
@@ -146,6 +156,7 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
         remote_port: IMDS_PORT,
         family,
         send_size: count as u32,
+        comm: bpf_get_current_comm().unwrap_or_default(),
     };
     let iter_type = if global(&ITER_TYPE_BYTES) == 1 {
         u32::from(read::<u8>(iter, global(&OFF_ITER_TYPE)))

@@ -26,6 +26,9 @@ use crate::{
 };
 
 #[sk_msg]
+// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// function, whose BTF-typed arguments kernels before 6.6 refuse.
+#[inline(always)]
 pub fn imds_sk_msg(ctx: SkMsgContext) -> u32 {
     capture(&ctx);
     SK_PASS
@@ -71,6 +74,7 @@ fn capture(ctx: &SkMsgContext) {
         remote_port: key.remote_port,
         family: key.family,
         send_size: size,
+        comm: [0; 16],
     };
     let mut walk = ChunkWalk {
         ctx: ctx.msg,
