@@ -12,6 +12,9 @@ pub struct LossCounts {
     pub ring_buffer_full_close: u64,
     /// Kernel: sends larger than the capture limit; their tail was not captured.
     pub send_truncated: u64,
+    /// Kernel (send hooks): sends whose bytes sit in kernel pages (sendfile/splice on 6.5+),
+    /// which a hook at tcp_sendmsg's entry cannot read.
+    pub send_unreadable: u64,
     /// Kernel: IMDS connections that could not be tracked (tables full).
     pub connections_untracked: u64,
     /// Kernel: reading a send's bytes failed.
@@ -37,6 +40,7 @@ impl LossCounts {
             ring_buffer_full: self.ring_buffer_full - earlier.ring_buffer_full,
             ring_buffer_full_close: self.ring_buffer_full_close - earlier.ring_buffer_full_close,
             send_truncated: self.send_truncated - earlier.send_truncated,
+            send_unreadable: self.send_unreadable - earlier.send_unreadable,
             connections_untracked: self.connections_untracked - earlier.connections_untracked,
             read_failed: self.read_failed - earlier.read_failed,
             ring_buffer_full_process: self.ring_buffer_full_process
@@ -59,6 +63,7 @@ impl LossCounts {
         self.ring_buffer_full = kernel[LOSS_RING_BUFFER_SEND as usize];
         self.ring_buffer_full_close = kernel[LOSS_RING_BUFFER_CLOSE as usize];
         self.send_truncated = kernel[LOSS_SEND_TRUNCATED as usize];
+        self.send_unreadable = kernel[LOSS_SEND_UNREADABLE as usize];
         self.connections_untracked = kernel[LOSS_CONNECTION_UNTRACKED as usize];
         self.read_failed = kernel[LOSS_READ_FAILED as usize];
         self.ring_buffer_full_process = kernel[LOSS_RING_BUFFER_PROCESS as usize];

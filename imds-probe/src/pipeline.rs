@@ -79,9 +79,16 @@ impl Pipeline {
                 });
                 connection.last_sender = sender;
                 connection.last_seen_ns = ts;
-                connection
-                    .stream
-                    .feed(chunk.stream_offset, data, &mut self.items);
+                let offset = connection.offsets.offset(chunk.stream_offset);
+                tracing::debug!(
+                    cookie = chunk.cookie,
+                    raw_offset = chunk.stream_offset,
+                    offset,
+                    len = data.len(),
+                    send_size = chunk.send_size,
+                    "send chunk"
+                );
+                connection.stream.feed(offset, data, &mut self.items);
                 self.out.emit(chunk.cookie, connection, ts, &mut self.items);
                 if let Some((cookie, mut old)) = evicted {
                     self.out.counts.connections_evicted += 1;
@@ -90,6 +97,7 @@ impl Pipeline {
                 }
             }
             Ok(Record::Close(close)) => {
+                tracing::debug!(cookie = close.cookie, "close");
                 if let Some(mut connection) = self.connections.remove(close.cookie) {
                     connection
                         .stream

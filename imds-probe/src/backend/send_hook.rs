@@ -98,3 +98,32 @@ fn attach_close(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         .map_err(program_error(CLOSE, "attach"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_of_the_running_kernel() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("skipped: no kernel BTF");
+            return;
+        };
+        let globals = kernel_offsets(&btf).expect("every send-hook offset resolves");
+        let get = |name: &str| {
+            globals
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .unwrap()
+        };
+        eprintln!("{globals:?}");
+        assert_eq!(
+            get("OFF_ITER_IOV"),
+            get("OFF_ITER_UBUF"),
+            "one union holds both"
+        );
+        assert_ne!(get("ITER_IOVEC_VALUE"), get("ITER_UBUF_VALUE"));
+        assert!(get("OFF_ITER_COUNT") > get("OFF_ITER_IOV"));
+    }
+}
