@@ -102,7 +102,9 @@ pub fn emit_sized<const N: usize>(
         let dst = (*record).data.as_mut_ptr().cast();
         match memory {
             Memory::Kernel => bpf_probe_read_kernel(dst, len, src.cast()),
-            Memory::User => bpf_probe_read_user(dst, len, src.cast()),
+            // Older verifiers (6.1) lose the bound above on the way to this call; the mask
+            // restates it. Send hooks cut chunks of `HOOK_CHUNK_BYTES` (< N), so it cuts nothing.
+            Memory::User => bpf_probe_read_user(dst, len & (N as u32 - 1), src.cast()),
         }
     };
     if copied == 0 {

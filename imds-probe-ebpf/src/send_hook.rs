@@ -51,6 +51,11 @@ crate::offset_globals!(
     ITER_UBUF_VALUE,
 );
 
+/// One byte short of the record's capacity, a power of two, so the copy's length can be
+/// masked into bounds for the verifier without cutting anything (see `emit_sized`).
+const HOOK_CHUNK_BYTES: u64 = CHUNK_BYTES as u64 - 1;
+const _: () = assert!(CHUNK_BYTES.is_power_of_two());
+
 /// Chunks read from each iovec segment (16 KiB).
 const CHUNKS_PER_SEGMENT: u32 = 4;
 
@@ -198,13 +203,13 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
 fn emit_buffer(meta: &SendMeta, stream_offset: u32, base: *const u8, len: u64, chunks: u32) -> u64 {
     let mut captured = 0;
     for i in 0..chunks {
-        let start = u64::from(i) * CHUNK_BYTES as u64;
+        let start = u64::from(i) * HOOK_CHUNK_BYTES;
         if start >= len {
             break;
         }
         let left = len - start;
-        let n = if left > CHUNK_BYTES as u64 {
-            CHUNK_BYTES as u64
+        let n = if left > HOOK_CHUNK_BYTES {
+            HOOK_CHUNK_BYTES
         } else {
             left
         };
