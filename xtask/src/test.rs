@@ -30,9 +30,7 @@ const STAGES: &[Stage] = &[
     Stage("clippy-ebpf", Kind::Lint, clippy_ebpf),
     Stage("build", Kind::Prerequisite, build),
     Stage("test", Kind::Check, test),
-    Stage("vm-test", Kind::Vm, |ws| {
-        vm::run(ws, &vm::Options::default())
-    }),
+    Stage("vm-test", Kind::Vm, |ws| vm::run(ws, &vm::Options::ci())),
 ];
 
 /// The kernel crate is no_std/no_main and only compiles for the BPF target, so a host

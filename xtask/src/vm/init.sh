@@ -25,7 +25,7 @@ tracefs tracefs /sys/kernel/tracing
 debugfs debugfs /sys/kernel/debug
 EOF
 
-ip link set lo up || echo "IMDS-VM-WARN ip link set lo up failed"
+/usr/bin/ip link set lo up || echo "IMDS-VM-WARN ip link set lo up failed"
 
 kernel=unknown
 backends=
@@ -38,6 +38,8 @@ done
 echo "IMDS-VM-BOOTED kernel=$kernel release=$(uname -r)"
 
 # A missing tool or library shows up here by name, not as a puzzling test failure later.
+# Absolute paths: Debian's busybox sh prefers its own applets over PATH for `ip` and
+# `unshare`, while the tests exec through PATH and so get these.
 tools_ok=yes
 check() {
     if ! "$@" >/dev/null 2>&1; then
@@ -46,10 +48,10 @@ check() {
         tools_ok=no
     fi
 }
-check python3 -c 'import socket, os, tempfile, threading, time'
-check curl --version
-check ip netns list
-check unshare --version
+check /usr/bin/python3 -c 'import socket, os, tempfile, threading, time'
+check /usr/bin/curl --version
+check /usr/bin/ip netns list
+check /usr/bin/unshare --version
 echo "IMDS-VM-TOOLS ok=$tools_ok"
 
 for backend in $backends; do

@@ -16,15 +16,25 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cmd;
+use crate::{cmd, setup};
 
 /// Where the binaries under test live in the VM; init exports it as IMDS_PROBE_BIN_DIR.
 pub const BIN_DIR: &str = "opt/imds-probe/bin";
 /// Every integration test executable here runs once per backend.
 pub const TESTS_DIR: &str = "opt/imds-probe/tests";
 
-/// Host tools the tests call (by name, through PATH); `kill`, `sh` and the rest are busybox.
-const HOST_TOOLS: &[&str] = &["/usr/bin/ip", "/usr/bin/curl", "/usr/bin/unshare"];
+/// Host tools the tests call (by name, through PATH); `kill`, `env`, `sh` and the rest are
+/// busybox. node runs the JavaScript SDK test.
+const HOST_TOOLS: &[&str] = &[
+    "/usr/bin/ip",
+    "/usr/bin/curl",
+    "/usr/bin/unshare",
+    "/usr/bin/node",
+];
+
+/// Directories under the toolchain prefix the tests read at their host paths: the AWS SDKs
+/// that `cargo xtask setup` installs (tests/tests/sdks.rs).
+const PREFIX_TREES: &[&str] = &["sdk"];
 
 /// The python3 symlink says which interpreter (and so which stdlib directory) to take.
 const PYTHON: &str = "/usr/bin/python3";
@@ -98,6 +108,25 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<u64> {
         })?);
     }
     python(&mut tree, &mut elves)?;
+    for sub in PREFIX_TREES {
+        let dir = Path::new(setup::PREFIX).join(sub);
+        if !dir.is_dir() {
+            bail!(
+                "{} is missing on the host: `cargo xtask setup` installs it",
+                dir.display()
+            );
+        }
+        tree.add_host_tree(&dir, &mut |path, is_dir| {
+            let name = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .unwrap_or_default();
+            if !is_dir && name.ends_with(".so") {
+                elves.push(path.to_path_buf());
+            }
+            !(is_dir && name == "__pycache__")
+        })?;
+    }
     for lib in shared_libraries(&elves)? {
         tree.add_host_path(&lib)?;
     }

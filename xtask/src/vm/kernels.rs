@@ -1,6 +1,7 @@
 //! The kernel matrix and where its images come from: Debian's own cloud kernels (the ones in
 //! Debian's EC2 images), fetched with apt from a private configuration so the machine's
-//! sources.list, lists and package cache are never touched.
+//! sources.list, lists and package cache are never touched. The emulator comes the same way
+//! (see [`fetch_qemu`]).
 
 use std::{
     fs, io,
@@ -73,7 +74,7 @@ pub struct Kernel {
 /// Resolves `spec` to the newest concrete kernel its suites offer, downloading and extracting
 /// it unless the cache already holds that exact version.
 pub fn fetch(spec: &KernelSpec) -> Result<Kernel> {
-    let apt = PrivateApt::new(spec)?;
+    let apt = PrivateApt::new(spec.name, spec.sources)?;
     let kernel_dir = Path::new(CACHE_DIR).join("kernels").join(spec.name);
     let resolved = apt.update().and_then(|()| apt.newest_kernel(spec));
     let (package, version) = match resolved {
@@ -117,8 +118,8 @@ struct PrivateApt {
 }
 
 impl PrivateApt {
-    fn new(spec: &KernelSpec) -> Result<Self> {
-        let dir = Path::new(CACHE_DIR).join("apt").join(spec.name);
+    fn new(name: &str, sources: &[(&str, &str)]) -> Result<Self> {
+        let dir = Path::new(CACHE_DIR).join("apt").join(name);
         for sub in [
             "lists/partial",
             "cache/archives/partial",
@@ -128,13 +129,12 @@ impl PrivateApt {
             let path = dir.join(sub);
             fs::create_dir_all(&path).with_context(|| {
                 format!(
-                    "creating {} (vm-test caches kernels there: run it as root)",
+                    "creating {} (vm-test caches downloads there: run it as root)",
                     path.display()
                 )
             })?;
         }
-        let sources: String = spec
-            .sources
+        let sources: String = sources
             .iter()
             .map(|(archive, suite)| format!("deb [signed-by={KEYRING}] {archive} {suite} main\n"))
             .collect();
@@ -198,15 +198,20 @@ impl PrivateApt {
                 )
             })?
             .to_owned();
-        let policy = cmd::output(self.command("apt-cache").args(["policy", &package]))?;
-        let version = policy
+        let version = self.candidate(&package)?;
+        Ok((package, version))
+    }
+
+    /// The version `apt-get download package` would fetch.
+    fn candidate(&self, package: &str) -> Result<String> {
+        let policy = cmd::output(self.command("apt-cache").args(["policy", package]))?;
+        Ok(policy
             .lines()
             .find_map(|line| line.trim().strip_prefix("Candidate:"))
             .map(str::trim)
             .filter(|version| *version != "(none)")
             .with_context(|| format!("apt has no candidate for {package}:\n{policy}"))?
-            .to_owned();
-        Ok((package, version))
+            .to_owned())
     }
 
     /// Downloads `package=version` into `dir` and returns the .deb.
@@ -240,6 +245,141 @@ impl PrivateApt {
         fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))?;
         Ok(kept)
     }
+}
+
+/// Bookworm's QEMU 7.2 mis-emulates RFLAGS under TCG: its reserved upper bits come back as
+/// garbage (visible in every register dump), and 6.12 then oopses or panics in most boots
+/// (measured here: 5 of 6 boots faulted, with `-cpu max`, with AVX off, and as Nehalem), while
+/// 6.1 and 5.10 happened to survive. QEMU 10 from bookworm-backports booted 6.12 cleanly every
+/// time, and faster. It runs from the cache, so the machine's own QEMU and apt sources stay.
+const QEMU_SOURCES: &[(&str, &str)] = &[(DEBIAN, "bookworm-backports")];
+/// The emulator (TCG is built in), the option ROMs a -kernel boot loads, and the BIOS.
+const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-data", "seabios"];
+const QEMU_BINARY: &str = "usr/bin/qemu-system-x86_64";
+
+/// Which QEMU boots the VMs and where its files are.
+pub struct Emulator {
+    pub program: PathBuf,
+    /// `-L` directories (firmware, option ROMs), searched before QEMU's built-in ones.
+    pub data_dirs: Vec<PathBuf>,
+    /// QEMU_MODULE_DIR, so a cached QEMU never loads the system QEMU's modules.
+    pub module_dir: Option<PathBuf>,
+    /// `qemu --version`'s first line.
+    pub version: String,
+    pub note: Option<String>,
+}
+
+impl Emulator {
+    /// The machine's own qemu-system-x86_64 (installed by `cargo xtask setup`).
+    pub fn system(note: Option<String>) -> Self {
+        let program = PathBuf::from("qemu-system-x86_64");
+        Self {
+            version: qemu_version(&program).unwrap_or_else(|err| format!("{err:#}")),
+            program,
+            data_dirs: Vec::new(),
+            module_dir: None,
+            note,
+        }
+    }
+}
+
+/// QEMU from bookworm-backports, downloaded and unpacked into the cache unless that version is
+/// there already.
+pub fn fetch_qemu() -> Result<Emulator> {
+    let qemu_dir = Path::new(CACHE_DIR).join("qemu");
+    let apt = PrivateApt::new("qemu", QEMU_SOURCES)?;
+    let wanted = apt.update().and_then(|()| {
+        QEMU_PACKAGES
+            .iter()
+            .map(|package| Ok(((*package).to_owned(), apt.candidate(package)?)))
+            .collect::<Result<Vec<_>>>()
+    });
+    let (root, note) = match wanted {
+        Ok(packages) => {
+            let stem = format!("{}_{}", packages[0].0, packages[0].1);
+            let root = qemu_dir.join(&stem);
+            if !root.join(QEMU_BINARY).is_file() {
+                unpack_qemu(&apt, &packages, &qemu_dir, &root)?;
+            }
+            prune(&qemu_dir, &stem)?;
+            (root, None)
+        }
+        Err(err) => {
+            let Some(root) = newest_dir_with(&qemu_dir, QEMU_BINARY)? else {
+                return Err(err);
+            };
+            let note = format!(
+                "apt failed ({}); using cached {}",
+                first_line(&format!("{err:#}")),
+                root.display()
+            );
+            (root, Some(note))
+        }
+    };
+    let program = root.join(QEMU_BINARY);
+    // Built for trixie's libraries and backported: it runs only if this host has them all.
+    let ldd = cmd::output(Command::new("ldd").arg(&program))?;
+    if let Some(missing) = ldd.lines().find(|line| line.contains("not found")) {
+        bail!("{} cannot run here: {}", program.display(), missing.trim());
+    }
+    Ok(Emulator {
+        version: qemu_version(&program)?,
+        data_dirs: vec![root.join("usr/share/seabios"), root.join("usr/share/qemu")],
+        module_dir: Some(root.join("usr/lib/x86_64-linux-gnu/qemu")),
+        program,
+        note,
+    })
+}
+
+fn unpack_qemu(
+    apt: &PrivateApt,
+    packages: &[(String, String)],
+    qemu_dir: &Path,
+    root: &Path,
+) -> Result<()> {
+    let debs_dir = qemu_dir.join(".debs");
+    remove_dir_if_present(&debs_dir)?;
+    let partial = qemu_dir.join(".partial");
+    remove_dir_if_present(&partial)?;
+    for (package, version) in packages {
+        let deb = apt.download(package, version, &debs_dir)?;
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    }
+    // Manuals and changelogs are most of what is left besides the binary.
+    for unused in ["usr/share/doc", "usr/share/man"] {
+        remove_dir_if_present(&partial.join(unused))?;
+    }
+    remove_dir_if_present(root)?;
+    fs::rename(&partial, root)
+        .with_context(|| format!("moving {} to {}", partial.display(), root.display()))?;
+    remove_dir_if_present(&debs_dir)
+}
+
+fn qemu_version(program: &Path) -> Result<String> {
+    let out = cmd::output(Command::new(program).arg("--version"))?;
+    Ok(first_line(&out).to_owned())
+}
+
+/// The most recently made directory under `dir` that holds `file`.
+fn newest_dir_with(dir: &Path, file: &str) -> Result<Option<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        let Ok(modified) = fs::metadata(path.join(file)).and_then(|meta| meta.modified()) else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(time, _)| modified > *time) {
+            newest = Some((modified, path));
+        }
+    }
+    Ok(newest.map(|(_, path)| path))
 }
 
 /// Keeps only vmlinuz and the config (the config is there to answer "is feature X built
@@ -284,25 +424,7 @@ fn extract(deb: &Path, into: &Path) -> Result<()> {
 
 /// The newest kernel an earlier run left in `kernel_dir`, if any.
 fn cached(kernel_dir: &Path) -> Result<Option<Kernel>> {
-    let entries = match fs::read_dir(kernel_dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err).with_context(|| format!("reading {}", kernel_dir.display())),
-    };
-    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("reading {}", kernel_dir.display()))?
-            .path();
-        let vmlinuz = path.join("vmlinuz");
-        let Ok(modified) = fs::metadata(&vmlinuz).and_then(|meta| meta.modified()) else {
-            continue;
-        };
-        if newest.as_ref().is_none_or(|(time, _)| modified > *time) {
-            newest = Some((modified, path));
-        }
-    }
-    Ok(newest.and_then(|(_, dir)| {
+    Ok(newest_dir_with(kernel_dir, "vmlinuz")?.and_then(|dir| {
         let stem = dir.file_name()?.to_str()?.to_owned();
         let (package, version) = stem.split_once('_')?;
         Some(Kernel {

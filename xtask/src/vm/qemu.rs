@@ -16,9 +16,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use super::kernels::Emulator;
 use crate::cmd;
 
-/// `-enable-kvm` hangs on these machines (nested virtualisation), so the CPU is emulated;
+/// `-enable-kvm` hangs on these machines (nested virtualisation), so the CPU is emulated
+/// (which QEMU matters: see `kernels::fetch_qemu`);
 /// `max` offers every instruction set extension TCG can emulate. Two vCPUs exercise the
 /// per-CPU paths; no network device exists, so 169.254.169.254 inside is the VM's own.
 const QEMU_ARGS: &[&str] = &[
@@ -40,11 +42,14 @@ const QEMU_ARGS: &[&str] = &[
 ];
 
 /// panic=-1 reboots at once on a panic, which -no-reboot turns into qemu exiting.
-const KERNEL_ARGS: &str = "console=ttyS0 panic=-1 quiet";
+/// loglevel=5 rather than `quiet`: it still hides the boot chatter, but shows KERN_WARNING,
+/// the level of WARN() splats, which are often the first sign of a kernel going wrong.
+const KERNEL_ARGS: &str = "console=ttyS0 panic=-1 loglevel=5";
 
 /// Console lines that mean the kernel itself went wrong, whatever the tests say.
 const KERNEL_FAULTS: &[&str] = &[
     "Kernel panic",
+    "WARNING: CPU:",
     "BUG:",
     "Oops",
     "general protection fault",
@@ -53,10 +58,16 @@ const KERNEL_FAULTS: &[&str] = &[
     "rcu: INFO: rcu_preempt detected stalls",
 ];
 
+/// Console lines per backend echoed to our stdout; beyond it only markers, verdicts and
+/// kernel faults are, so a verifier log per failed load cannot bury a CI log. The log file
+/// always has everything.
+const ECHO_LINES_PER_BACKEND: usize = 400;
+
 /// After init says it is done, or the kernel panics, qemu should be gone within this.
 const EXIT_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Boot<'a> {
+    pub emulator: &'a Emulator,
     pub kernel: &'a str,
     pub vmlinuz: &'a Path,
     pub initrd: &'a Path,
@@ -78,12 +89,30 @@ pub enum Outcome {
     },
 }
 
-/// What the test harness printed: pass and fail counts and the first failure's message.
+/// What the test harness printed: pass and fail counts (from libtest's `test result:` lines,
+/// since a test's own output can split `test name ... ok` over lines) and the first failure.
 #[derive(Clone, Default)]
 pub struct Tests {
     pub passed: u32,
     pub failed: u32,
+    /// The kernel oopsed or warned of a BUG while these tests ran.
+    pub kernel_fault: bool,
     pub first_failure: Option<String>,
+    /// The verifier's own last word when a program failed to load (the line before its
+    /// "verification time" summary): the one line that says which check a kernel refused.
+    pub verifier: Option<String>,
+}
+
+impl Tests {
+    pub fn reason(&self) -> Option<String> {
+        match (&self.first_failure, &self.verifier) {
+            // The verifier's line first: it is short, and the message may be cut in the report.
+            (Some(message), Some(verifier)) => Some(format!("verifier: {verifier} | {message}")),
+            (Some(message), None) => Some(message.clone()),
+            (None, Some(verifier)) => Some(format!("verifier: {verifier}")),
+            (None, None) => None,
+        }
+    }
 }
 
 pub struct Run {
@@ -100,7 +129,13 @@ pub struct Run {
 
 impl Boot<'_> {
     pub fn command(&self) -> Command {
-        let mut qemu = Command::new("qemu-system-x86_64");
+        let mut qemu = Command::new(&self.emulator.program);
+        for dir in &self.emulator.data_dirs {
+            qemu.arg("-L").arg(dir);
+        }
+        if let Some(dir) = &self.emulator.module_dir {
+            qemu.env("QEMU_MODULE_DIR", dir);
+        }
         qemu.args(QEMU_ARGS)
             .arg("-kernel")
             .arg(self.vmlinuz)
@@ -144,9 +179,8 @@ impl Boot<'_> {
                 let mut buf = Vec::new();
                 // Bytes, not read_line: a kernel message can hold anything.
                 while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_owned();
+                    let line =
+                        strip_ansi(String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']));
                     buf.clear();
                     if lines.send((source, line, Instant::now())).is_err() {
                         break;
@@ -157,6 +191,7 @@ impl Boot<'_> {
         drop(lines);
 
         let mut parser = Parser::new(self.kernel, self.backends);
+        let mut echoed = 0;
         let mut deadline = started + self.timeout;
         let mut ended_by_us = None;
         loop {
@@ -168,7 +203,19 @@ impl Boot<'_> {
                         Source::Qemu => format!("qemu: {line}"),
                     };
                     writeln!(log, "{shown}").context("writing the console log")?;
-                    println!("[{}] {shown}", self.kernel);
+                    if shown.contains("IMDS-VM-START") {
+                        echoed = 0;
+                    }
+                    echoed += 1;
+                    if echoed <= ECHO_LINES_PER_BACKEND || always_echo(&shown) {
+                        println!("[{}] {shown}", self.kernel);
+                    } else if echoed == ECHO_LINES_PER_BACKEND + 1 {
+                        println!(
+                            "[{}] ... console lines left out up to the next result; all in {}",
+                            self.kernel,
+                            self.log.display()
+                        );
+                    }
                     let urgent = parser.line(&shown, at.duration_since(started));
                     if urgent {
                         deadline = deadline.min(Instant::now() + EXIT_GRACE);
@@ -227,6 +274,7 @@ struct Parser<'a> {
     current: Option<(String, Duration, Tests)>,
     /// A "panicked at" line was seen: the next lines are the failure's message.
     panic_lines: Option<Vec<String>>,
+    previous: String,
     outcomes: Vec<(String, Outcome)>,
     boot: Option<Duration>,
     release: Option<String>,
@@ -243,6 +291,7 @@ impl<'a> Parser<'a> {
             backends,
             current: None,
             panic_lines: None,
+            previous: String::new(),
             outcomes: Vec::new(),
             boot: None,
             release: None,
@@ -267,7 +316,7 @@ impl<'a> Parser<'a> {
             if let Some((_, _, tests)) = &mut self.current {
                 tests.first_failure.get_or_insert_with(|| problem.clone());
                 // An oops in the middle of a backend's tests taints its result.
-                tests.failed += u32::from(tests.failed == 0);
+                tests.kernel_fault = true;
             }
             if *fault == "Kernel panic" {
                 self.fatal.get_or_insert(problem);
@@ -275,6 +324,7 @@ impl<'a> Parser<'a> {
             }
         }
         self.harness_line(line);
+        self.previous = line.trim().to_owned();
         if let Some(rest) = marker(line, "IMDS-VM-BOOTED") {
             self.boot.get_or_insert(at);
             self.release = field(rest, "release").map(str::to_owned);
@@ -302,6 +352,9 @@ impl<'a> Parser<'a> {
         let Some((_, _, tests)) = &mut self.current else {
             return;
         };
+        if line.trim().starts_with("verification time") && !self.previous.is_empty() {
+            tests.verifier.get_or_insert_with(|| self.previous.clone());
+        }
         if let Some(lines) = &mut self.panic_lines {
             let text = line.trim();
             let ends = text.is_empty()
@@ -319,13 +372,27 @@ impl<'a> Parser<'a> {
             }
             return;
         }
-        if line.contains("' panicked at ") && tests.first_failure.is_none() {
+        // "thread 'name' panicked at" or, since Rust 1.88, "thread 'name' (tid) panicked at".
+        if line.starts_with("thread '")
+            && line.contains(" panicked at ")
+            && tests.first_failure.is_none()
+        {
             self.panic_lines = Some(Vec::new());
-        } else if let Some(rest) = line.trim().strip_prefix("test ") {
-            if rest.ends_with(" ... ok") {
-                tests.passed += 1;
-            } else if rest.ends_with(" ... FAILED") {
-                tests.failed += 1;
+        } else if let Some(summary) = line.trim().strip_prefix("test result: ") {
+            // "ok. 6 passed; 0 failed; 0 ignored; ..."
+            for part in summary.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                let (Some(count), Some(what)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(count) = count.parse::<u32>() else {
+                    continue;
+                };
+                match what {
+                    "passed" => tests.passed += count,
+                    "failed" => tests.failed += count,
+                    _ => {}
+                }
             }
         }
     }
@@ -344,7 +411,9 @@ impl<'a> Parser<'a> {
         };
         self.panic_lines = None;
         let outcome = match (result, took) {
-            ("success", Some(took)) if tests.failed == 0 => Outcome::Success { took, tests },
+            ("success", Some(took)) if tests.failed == 0 && !tests.kernel_fault => {
+                Outcome::Success { took, tests }
+            }
             ("success", _) => Outcome::Failure {
                 took,
                 reason: "reported success, but a test or the kernel failed on the console".into(),
@@ -352,10 +421,9 @@ impl<'a> Parser<'a> {
             },
             _ => Outcome::Failure {
                 took,
-                reason: match &tests.first_failure {
-                    Some(message) => message.clone(),
-                    None => format!("init reported result={result}"),
-                },
+                reason: tests
+                    .reason()
+                    .unwrap_or_else(|| format!("init reported result={result}")),
                 tests,
             },
         };
@@ -410,6 +478,35 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Lines that stay in the echoed console however long a backend's output gets.
+fn always_echo(line: &str) -> bool {
+    line.contains("IMDS-VM-")
+        || line.starts_with("test ")
+        || line.starts_with("qemu: ")
+        || KERNEL_FAULTS.iter().any(|fault| line.contains(fault))
+}
+
+/// The daemon colours its log even into a pipe; escape codes would only garble the report.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, ended by a letter.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The text after `name ` if the line holds that marker.
 fn marker<'l>(line: &'l str, name: &str) -> Option<&'l str> {
     let start = line.find(name)?;
@@ -441,15 +538,21 @@ mod tests {
         let run = feed(&[
             "IMDS-VM-BOOTED kernel=6.1 release=6.1.0-56-cloud-amd64",
             "IMDS-VM-START kernel=6.1 backend=sk-msg",
-            "test a ... ok",
+            "test a ... some log line of the test's own",
+            "ok",
             "test b ... ok",
+            "test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s",
             "IMDS-VM-RESULT kernel=6.1 backend=sk-msg result=success",
             "IMDS-VM-START kernel=6.1 backend=fentry",
             "test a ... FAILED",
-            "thread 'a' panicked at tests/src/lib.rs:1:2:",
+            "thread 'a' (424) panicked at tests/src/lib.rs:1:2:",
             "no READY=1 from imds-probe",
             "stderr: error: fentry cannot attach",
             "",
+            "375: (85) call bpf_get_current_comm#16",
+            "unknown func bpf_get_current_comm#16",
+            "verification time 4133 usec",
+            "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.02s",
             "[   12.0] random kernel chatter IMDS-VM-RESULT kernel=6.1 backend=fentry result=failure",
         ]);
         assert_eq!(run.release.as_deref(), Some("6.1.0-56-cloud-amd64"));
@@ -457,7 +560,7 @@ mod tests {
             panic!("three outcomes");
         };
         assert!(
-            matches!(sk, Outcome::Success { took, tests } if took.as_secs() == 3 && tests.passed == 2)
+            matches!(sk, Outcome::Success { took, tests } if took.as_secs() == 5 && tests.passed == 2)
         );
         let Outcome::Failure { reason, tests, .. } = fentry else {
             panic!("fentry failed");
@@ -465,7 +568,8 @@ mod tests {
         assert_eq!(tests.failed, 1);
         assert_eq!(
             reason,
-            "no READY=1 from imds-probe | stderr: error: fentry cannot attach"
+            "verifier: unknown func bpf_get_current_comm#16 | no READY=1 from imds-probe | \
+             stderr: error: fentry cannot attach"
         );
         assert!(
             matches!(kprobe, Outcome::Failure { reason, .. } if reason.starts_with("no result"))
@@ -500,6 +604,14 @@ mod tests {
         ]);
         assert!(matches!(&run.outcomes[0].1, Outcome::Failure { .. }));
         assert!(run.problems[0].contains("BUG: kernel NULL pointer"));
+    }
+
+    #[test]
+    fn colour_codes_are_dropped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
+            "2026  WARN x"
+        );
     }
 
     #[test]
