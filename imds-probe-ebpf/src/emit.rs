@@ -101,10 +101,19 @@ pub fn emit_sized<const N: usize>(
         };
         let dst = (*record).data.as_mut_ptr().cast();
         match memory {
+            // A gap marker carries no bytes; a zero-length read of a kernel address through
+            // the user-memory helper fails, so none is made.
+            _ if len == 0 => 0,
             Memory::Kernel => bpf_probe_read_kernel(dst, len, src.cast()),
             // Older verifiers (6.1) lose the bound above on the way to this call; the mask
             // restates it. Send hooks cut chunks of `HOOK_CHUNK_BYTES` (< N), so it cuts nothing.
-            Memory::User => bpf_probe_read_user(dst, len & (N as u32 - 1), src.cast()),
+            Memory::User => bpf_probe_read_user(
+                dst,
+                // black_box: LLVM otherwise drops the mask as redundant, and the old
+                // verifier is left with the bound it lost.
+                core::hint::black_box(len) & (N as u32 - 1),
+                src.cast(),
+            ),
         }
     };
     if copied == 0 {

@@ -70,7 +70,7 @@ fn parent_tgid(task: *const u8) -> u32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
-// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// Inlined into the macro's entry point: an outlined body would be a global BPF
 // function, whose BTF-typed arguments kernels before 6.6 refuse.
 #[inline(always)]
 pub fn imds_process_fork(ctx: RawTracePointContext) -> i32 {
@@ -106,7 +106,7 @@ pub fn imds_process_fork(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// Inlined into the macro's entry point: an outlined body would be a global BPF
 // function, whose BTF-typed arguments kernels before 6.6 refuse.
 #[inline(always)]
 pub fn imds_process_exit(_ctx: RawTracePointContext) -> i32 {
@@ -135,7 +135,7 @@ pub fn imds_process_exit(_ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// Inlined into the macro's entry point: an outlined body would be a global BPF
 // function, whose BTF-typed arguments kernels before 6.6 refuse.
 #[inline(always)]
 pub fn imds_process_exec(ctx: RawTracePointContext) -> i32 {

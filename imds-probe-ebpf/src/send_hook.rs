@@ -65,7 +65,7 @@ const STATE_NEWSTATE: usize = 20;
 const TCP_CLOSE: i32 = 7;
 
 #[fentry(function = "tcp_sendmsg")]
-// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// Inlined into the macro's entry point: an outlined body would be a global BPF
 // function, whose BTF-typed arguments kernels before 6.6 refuse.
 #[inline(always)]
 pub fn imds_fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
@@ -78,7 +78,7 @@ pub fn imds_fentry_tcp_sendmsg(ctx: FEntryContext) -> i32 {
 }
 
 #[kprobe]
-// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// Inlined into the macro's entry point: an outlined body would be a global BPF
 // function, whose BTF-typed arguments kernels before 6.6 refuse.
 #[inline(always)]
 pub fn imds_kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
@@ -88,9 +88,43 @@ pub fn imds_kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
     0
 }
 
+// Before 6.5, sendfile and splice reach TCP through tcp_sendpage, not tcp_sendmsg:
+//   int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags);
+// The bytes are in a page cache page the hook cannot read; the hooks mark them as a gap.
+// Kernels from 6.5 have no tcp_sendpage; user space then skips these.
+
+#[fentry(function = "tcp_sendpage")]
+// Inlined into the macro's entry point (see above).
+#[inline(always)]
+pub fn imds_fentry_tcp_sendpage(ctx: FEntryContext) -> i32 {
+    on_sendpage(
+        ctx.arg::<u64>(0) as *const u8,
+        ctx.arg::<u64>(3),
+        BACKEND_FENTRY,
+    );
+    0
+}
+
+#[kprobe]
+// Inlined into the macro's entry point (see above).
+#[inline(always)]
+pub fn imds_kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(size)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(3)) {
+        on_sendpage(sk as *const u8, size, BACKEND_KPROBE);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_sendpage(sk: *const u8, size: u64, backend: u32) {
+    if let Some((meta, seq)) = imds_send(sk, backend, size as u32) {
+        mark_unreadable(&meta, seq, size, sk);
+    }
+}
+
 /// Frees a hooked connection's state, and tells user space, when it closes.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
-// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// Inlined into the macro's entry point: an outlined body would be a global BPF
 // function, whose BTF-typed arguments kernels before 6.6 refuse.
 #[inline(always)]
 pub fn imds_sock_state(ctx: TracePointContext) -> u32 {
@@ -111,15 +145,17 @@ pub fn imds_sock_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The send's metadata and TCP write sequence if `sk` is connected to the IMDS; None for
+/// all other traffic, decided with as few reads as possible.
 #[inline(always)]
-fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
+fn imds_send(sk: *const u8, backend: u32, send_size: u32) -> Option<(SendMeta, u32)> {
     if global(&SEND_HOOK_READY) == 0 {
-        return;
+        return None;
     }
     // The cheap filter first: one two-byte read rejects almost all traffic.
     let dport: u16 = read(sk, global(&OFF_SKC_DPORT));
     if u16::from_be(dport) != IMDS_PORT {
-        return;
+        return None;
     }
     let family: u16 = read(sk, global(&OFF_SKC_FAMILY));
     let mut remote_addr = [0u8; 16];
@@ -127,7 +163,7 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
         AF_INET => {
             let addr: [u8; 4] = read(sk, global(&OFF_SKC_DADDR));
             if addr != IMDS_IPV4 {
-                return;
+                return None;
             }
             remote_addr[10] = 0xff;
             remote_addr[11] = 0xff;
@@ -136,10 +172,10 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
         AF_INET6 => {
             remote_addr = read(sk, global(&OFF_SKC_V6_DADDR));
             if !is_imds_addr(&remote_addr) {
-                return;
+                return None;
             }
         }
-        _ => return,
+        _ => return None,
     }
     let id = sk as u64;
     // SAFETY: a plain map lookup.
@@ -151,18 +187,42 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
         // Captured anyway; only the close will not be reported.
         count_loss(LOSS_CONNECTION_UNTRACKED);
     }
-    let seq: u32 = read(sk, global(&OFF_TCP_WRITE_SEQ));
-    let iter = msg.wrapping_add(global(&OFF_MSGHDR_ITER) as usize);
-    let count: u64 = read(iter, global(&OFF_ITER_COUNT));
     let meta = SendMeta {
         backend,
         cookie: id,
         remote_addr,
         remote_port: IMDS_PORT,
         family,
-        send_size: count as u32,
+        send_size,
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
+    Some((meta, read(sk, global(&OFF_TCP_WRITE_SEQ))))
+}
+
+/// Bytes the hook cannot read: counted, and a zero-length marker at their end, so user
+/// space sees the gap now, attributed to this sender, instead of at some later send or never.
+#[inline(always)]
+fn mark_unreadable(meta: &SendMeta, seq: u32, size: u64, any: *const u8) {
+    count_loss(LOSS_SEND_UNREADABLE);
+    emit_sized::<{ CHUNK_BYTES }>(
+        meta,
+        u64::from(seq.wrapping_add(size as u32)),
+        any,
+        0,
+        Memory::User,
+    );
+}
+
+#[inline(always)]
+fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
+    let count: u64 = read(
+        msg.wrapping_add(global(&OFF_MSGHDR_ITER) as usize),
+        global(&OFF_ITER_COUNT),
+    );
+    let Some((meta, seq)) = imds_send(sk, backend, count as u32) else {
+        return;
+    };
+    let iter = msg.wrapping_add(global(&OFF_MSGHDR_ITER) as usize);
     let iter_type = if global(&ITER_TYPE_BYTES) == 1 {
         u32::from(read::<u8>(iter, global(&OFF_ITER_TYPE)))
     } else {
@@ -179,16 +239,7 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
             read(iter, global(&OFF_ITER_NR_SEGS)),
         )
     } else {
-        count_loss(LOSS_SEND_UNREADABLE);
-        // A zero-length marker at the end of the unreadable bytes: user space sees the gap
-        // now, attributed to this sender, instead of at some later send or never.
-        emit_sized::<{ CHUNK_BYTES }>(
-            &meta,
-            u64::from(seq.wrapping_add(count as u32)),
-            msg,
-            0,
-            Memory::User,
-        );
+        mark_unreadable(&meta, seq, count, msg);
         return;
     };
     if captured < count {
@@ -242,7 +293,13 @@ fn emit_iovec(meta: &SendMeta, seq: u32, iov: *const u8, nr_segs: u64) -> u64 {
             seq.wrapping_add(segment_start as u32),
             base as *const u8,
             len,
-            CHUNKS_PER_SEGMENT,
+            // The first segment is usually the whole request (single-buffer sends are
+            // one-segment iovecs before 6.4): it gets the full budget.
+            if segment == 0 {
+                MAX_HOOK_CHUNKS
+            } else {
+                CHUNKS_PER_SEGMENT
+            },
         );
         captured += got;
         segment_start += len;

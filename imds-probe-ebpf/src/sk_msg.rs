@@ -26,7 +26,7 @@ use crate::{
 };
 
 #[sk_msg]
-// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// Inlined into the macro's entry point: an outlined body would be a global BPF
 // function, whose BTF-typed arguments kernels before 6.6 refuse.
 #[inline(always)]
 pub fn imds_sk_msg(ctx: SkMsgContext) -> u32 {

@@ -23,7 +23,7 @@ use crate::{
 };
 
 #[sock_ops]
-// Inlined into the macro\'s entry point: an outlined body would be a global BPF
+// Inlined into the macro's entry point: an outlined body would be a global BPF
 // function, whose BTF-typed arguments kernels before 6.6 refuse.
 #[inline(always)]
 pub fn imds_sock_ops(ctx: SockOpsContext) -> u32 {

@@ -264,6 +264,21 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_length_marker_past_the_end_reports_the_gap() {
+        let mut stream = RequestStream::default();
+        let mut out = Vec::new();
+        stream.feed(0, V1, &mut out);
+        stream.feed(V1.len() as u64 + 60, &[], &mut out);
+        assert_eq!(
+            summary(&out),
+            [
+                "GET /latest/meta-data/instance-id token=false",
+                "unknown CaptureGap"
+            ]
+        );
+    }
+
+    #[test]
     fn gap_desynchronises() {
         let mut stream = RequestStream::default();
         let mut out = Vec::new();

@@ -150,9 +150,16 @@ fn write_and_sendfile_are_seen() {
          os.sendfile(s.fileno(), f.fileno(), 0, 1024)",
     ));
     let events = t.daemon.requests_from(pid, 2);
-    let paths: Vec<_> = events.iter().map(|e| e["path"].as_str().unwrap()).collect();
-    assert_eq!(paths, ["/via-write", "/via-sendfile"]);
-    assert_eq!(classes(&events), ["imdsv1", "imdsv1"]);
+    assert_eq!(events[0]["path"], "/via-write");
+    assert_eq!(events[0]["class"], "imdsv1");
+    if imds_probe_tests::backend().1 == "sk_msg" {
+        assert_eq!(events[1]["path"], "/via-sendfile");
+        assert_eq!(events[1]["class"], "imdsv1");
+    } else {
+        // A send hook cannot read page-cache pages; the request is reported, as unknown.
+        assert_eq!(events[1]["class"], "unknown", "{:#}", events[1]);
+        assert_eq!(events[1]["reason"], "capture_gap");
+    }
 }
 
 #[test]
@@ -203,7 +210,7 @@ fn lower_case_headers_and_a_large_header_block() {
          s.sendall(b'GET /large HTTP/1.1\\r\\n' + filler + b'X-AWS-EC2-METADATA-TOKEN: t\\r\\n\\r\\n')",
     ));
     let events = t.daemon.requests_from(pid, 2);
-    assert_eq!(classes(&events), ["imdsv2", "imdsv2"]);
+    assert_eq!(classes(&events), ["imdsv2", "imdsv2"], "{events:#?}");
     assert_eq!(events[0]["user_agent"], "lower");
     assert_eq!(events[1]["path"], "/large");
 }

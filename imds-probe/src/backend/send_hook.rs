@@ -13,6 +13,11 @@ use crate::btf_offsets::{Btf, BtfError};
 
 const FENTRY: &str = "imds_fentry_tcp_sendmsg";
 const KPROBE: &str = "imds_kprobe_tcp_sendmsg";
+const FENTRY_SENDPAGE: &str = "imds_fentry_tcp_sendpage";
+const KPROBE_SENDPAGE: &str = "imds_kprobe_tcp_sendpage";
+/// Where sendfile/splice reach TCP before 6.5 (gone since): hooked only to mark its bytes as
+/// unreadable, so a request sent that way is reported `unknown` rather than missed.
+const SENDPAGE_FUNCTION: &str = "tcp_sendpage";
 const CLOSE: &str = "imds_sock_state";
 const HOOKED_FUNCTION: &str = "tcp_sendmsg";
 /// No iter_type has this value: it stands for "this kernel has no ITER_UBUF".
@@ -69,21 +74,41 @@ fn iov_iter_layout(btf: &Btf) -> Result<Vec<(&'static str, u32)>, BtfError> {
 
 pub fn attach_fentry(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let btf = aya::Btf::from_sys_fs().map_err(LoadError::KernelBtf)?;
-    let program: &mut FEntry = program(ebpf, FENTRY)?;
-    program
+    let sendmsg: &mut FEntry = program(ebpf, FENTRY)?;
+    sendmsg
         .load(HOOKED_FUNCTION, &btf)
         .map_err(program_error(FENTRY, "load"))?;
-    program.attach().map_err(program_error(FENTRY, "attach"))?;
+    sendmsg.attach().map_err(program_error(FENTRY, "attach"))?;
+    let sendpage: &mut FEntry = program(ebpf, FENTRY_SENDPAGE)?;
+    let hooked = sendpage
+        .load(SENDPAGE_FUNCTION, &btf)
+        .and_then(|()| sendpage.attach().map(drop));
+    note_sendpage(hooked);
     attach_close(ebpf)
 }
 
 pub fn attach_kprobe(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let program: &mut KProbe = program(ebpf, KPROBE)?;
-    program.load().map_err(program_error(KPROBE, "load"))?;
-    program
+    let sendmsg: &mut KProbe = program(ebpf, KPROBE)?;
+    sendmsg.load().map_err(program_error(KPROBE, "load"))?;
+    sendmsg
         .attach(HOOKED_FUNCTION, 0)
         .map_err(program_error(KPROBE, "attach"))?;
+    let sendpage: &mut KProbe = program(ebpf, KPROBE_SENDPAGE)?;
+    let hooked = sendpage
+        .load()
+        .and_then(|()| sendpage.attach(SENDPAGE_FUNCTION, 0).map(drop));
+    note_sendpage(hooked);
     attach_close(ebpf)
+}
+
+fn note_sendpage(hooked: Result<(), aya::programs::ProgramError>) {
+    match hooked {
+        Ok(()) => tracing::debug!("{SENDPAGE_FUNCTION} hooked"),
+        // Expected from 6.5, where sendfile/splice go through tcp_sendmsg instead.
+        Err(e) => tracing::info!(
+            "{SENDPAGE_FUNCTION} not hooked ({e}); this kernel sends pages through tcp_sendmsg"
+        ),
+    }
 }
 
 /// Without the close, hooked connections would only leave the tables by eviction, so a

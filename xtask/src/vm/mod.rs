@@ -13,8 +13,9 @@ mod qemu;
 use std::{
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader},
-    path::PathBuf,
+    io::{self, BufRead as _, BufReader},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -107,6 +108,7 @@ struct Row {
 
 pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
     let started = Instant::now();
+    let _lock = lock()?;
     let specs = selected_kernels(&opts.kernels)?;
     let backends = selected_backends(&opts.backends)?;
 
@@ -260,6 +262,38 @@ pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
         bail!("vm-test failed: {}", failures.join(", "));
     }
     Ok(())
+}
+
+/// Two vm-tests at once would share the cache's apt state and target/vm, and each would get
+/// half the CPU under the tests' 20 s deadlines: a second one waits for the first.
+fn lock() -> Result<fs::File> {
+    let path = Path::new(kernels::CACHE_DIR).join(".lock");
+    fs::create_dir_all(kernels::CACHE_DIR)
+        .with_context(|| format!("creating {} (run vm-test as root)", kernels::CACHE_DIR))?;
+    let file = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let fd = file.as_raw_fd();
+    // SAFETY: flock on a descriptor this function owns; the lock goes with the file.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::WouldBlock {
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+        eprintln!(
+            "vm-test: another vm-test holds {}; waiting for it",
+            path.display()
+        );
+        // SAFETY: as above.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    Ok(file)
 }
 
 fn selected_kernels(names: &[String]) -> Result<Vec<&'static kernels::KernelSpec>> {

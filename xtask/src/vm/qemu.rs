@@ -63,6 +63,10 @@ const KERNEL_FAULTS: &[&str] = &[
 /// always has everything.
 const ECHO_LINES_PER_BACKEND: usize = 400;
 
+/// A console log stops growing here (parsing goes on): every failed program load prints the
+/// verifier's whole log, which on a kernel that rejects everything runs to gigabytes.
+const LOG_LIMIT_BYTES: u64 = 128 << 20;
+
 /// After init says it is done, or the kernel panics, qemu should be gone within this.
 const EXIT_GRACE: Duration = Duration::from_secs(30);
 
@@ -192,6 +196,7 @@ impl Boot<'_> {
 
         let mut parser = Parser::new(self.kernel, self.backends);
         let mut echoed = 0;
+        let mut logged = 0u64;
         let mut deadline = started + self.timeout;
         let mut ended_by_us = None;
         loop {
@@ -202,7 +207,14 @@ impl Boot<'_> {
                         Source::Console => line.clone(),
                         Source::Qemu => format!("qemu: {line}"),
                     };
-                    writeln!(log, "{shown}").context("writing the console log")?;
+                    if logged < LOG_LIMIT_BYTES {
+                        logged += shown.len() as u64 + 1;
+                        writeln!(log, "{shown}").context("writing the console log")?;
+                        if logged >= LOG_LIMIT_BYTES {
+                            writeln!(log, "... log cut at {LOG_LIMIT_BYTES} bytes")
+                                .context("writing the console log")?;
+                        }
+                    }
                     if shown.contains("IMDS-VM-START") {
                         echoed = 0;
                     }
