@@ -30,7 +30,14 @@ const STAGES: &[Stage] = &[
     Stage("clippy-ebpf", Kind::Lint, clippy_ebpf),
     Stage("build", Kind::Prerequisite, build),
     Stage("test", Kind::Check, test),
-    Stage("vm-test", Kind::Vm, |ws| vm::run(ws, &vm::Options::ci())),
+    Stage("vm-test", Kind::Vm, |ws| {
+        // Every part runs before any failure is reported.
+        let results: Vec<Result<()>> = vm::Options::ci()
+            .iter()
+            .map(|options| vm::run(ws, options))
+            .collect();
+        results.into_iter().collect()
+    }),
 ];
 
 /// The kernel crate is no_std/no_main and only compiles for the BPF target, so a host

@@ -101,6 +101,8 @@ pub struct Tests {
     pub failed: u32,
     /// The kernel oopsed or warned of a BUG while these tests ran.
     pub kernel_fault: bool,
+    /// Names of the failed tests, from libtest's `---- name stdout ----` headers.
+    pub failed_names: Vec<String>,
     pub first_failure: Option<String>,
     /// The verifier's own last word when a program failed to load (the line before its
     /// "verification time" summary): the one line that says which check a kernel refused.
@@ -109,13 +111,22 @@ pub struct Tests {
 
 impl Tests {
     pub fn reason(&self) -> Option<String> {
-        match (&self.first_failure, &self.verifier) {
+        let reason = match (&self.first_failure, &self.verifier) {
             // The verifier's line first: it is short, and the message may be cut in the report.
             (Some(message), Some(verifier)) => Some(format!("verifier: {verifier} | {message}")),
             (Some(message), None) => Some(message.clone()),
             (None, Some(verifier)) => Some(format!("verifier: {verifier}")),
             (None, None) => None,
-        }
+        }?;
+        Some(match self.failed_names.as_slice() {
+            [] => reason,
+            names if names.len() <= 3 => format!("[{}] {reason}", names.join(", ")),
+            names => format!(
+                "[{}, and {} more] {reason}",
+                names[..2].join(", "),
+                names.len() - 2
+            ),
+        })
     }
 }
 
@@ -365,7 +376,19 @@ impl<'a> Parser<'a> {
             return;
         };
         if line.trim().starts_with("verification time") && !self.previous.is_empty() {
-            tests.verifier.get_or_insert_with(|| self.previous.clone());
+            // A one-line verifier log shares its line with the daemon's message.
+            let verdict = self
+                .previous
+                .split_once("Verifier output: ")
+                .map_or(self.previous.as_str(), |(_, verdict)| verdict);
+            tests.verifier.get_or_insert_with(|| verdict.to_owned());
+        }
+        if let Some(name) = line
+            .trim()
+            .strip_prefix("---- ")
+            .and_then(|rest| rest.strip_suffix(" stdout ----"))
+        {
+            tests.failed_names.push(name.to_owned());
         }
         if let Some(lines) = &mut self.panic_lines {
             let text = line.trim();
@@ -557,6 +580,7 @@ mod tests {
             "IMDS-VM-RESULT kernel=6.1 backend=sk-msg result=success",
             "IMDS-VM-START kernel=6.1 backend=fentry",
             "test a ... FAILED",
+            "---- a stdout ----",
             "thread 'a' (424) panicked at tests/src/lib.rs:1:2:",
             "no READY=1 from imds-probe",
             "stderr: error: fentry cannot attach",
@@ -580,7 +604,7 @@ mod tests {
         assert_eq!(tests.failed, 1);
         assert_eq!(
             reason,
-            "verifier: unknown func bpf_get_current_comm#16 | no READY=1 from imds-probe | \
+            "[a] verifier: unknown func bpf_get_current_comm#16 | no READY=1 from imds-probe | \
              stderr: error: fentry cannot attach"
         );
         assert!(
@@ -616,6 +640,24 @@ mod tests {
         ]);
         assert!(matches!(&run.outcomes[0].1, Outcome::Failure { .. }));
         assert!(run.problems[0].contains("BUG: kernel NULL pointer"));
+    }
+
+    #[test]
+    fn a_one_line_verifier_log_is_taken_from_the_daemon_message() {
+        let run = feed(&[
+            "IMDS-VM-START kernel=6.1 backend=sk-msg",
+            "WARN backend unavailable: load failed. Verifier output: number of funcs in func_info \
+             doesn't match number of subprogs",
+            "verification time 89 usec",
+            "IMDS-VM-RESULT kernel=6.1 backend=sk-msg result=failure",
+        ]);
+        let Outcome::Failure { reason, .. } = &run.outcomes[0].1 else {
+            panic!("failure expected");
+        };
+        assert_eq!(
+            reason,
+            "verifier: number of funcs in func_info doesn't match number of subprogs"
+        );
     }
 
     #[test]
