@@ -209,6 +209,26 @@ impl Drop for Server {
 /// binary therefore take turns; cargo runs test binaries one after another.
 static ONE_DAEMON: Mutex<()> = Mutex::new(());
 
+/// What every privileged test starts from: the daemon on the backend under test, a namespace
+/// with the IMDS addresses, and the fake IMDS in it. None when the test is to be skipped.
+pub struct Setup {
+    pub ns: Netns,
+    pub imds: Server,
+    pub daemon: Daemon,
+}
+
+impl Setup {
+    pub fn new(mode: &str, extra_listen: &[&str]) -> Option<Self> {
+        if !require_root() {
+            return None;
+        }
+        let daemon = Daemon::start(&["--backend", &backend().0]);
+        let ns = Netns::new();
+        let imds = ns.fake_imds(mode, extra_listen);
+        Some(Self { ns, imds, daemon })
+    }
+}
+
 /// The real daemon, with events collected from its stdout as they arrive.
 pub struct Daemon {
     _turn: MutexGuard<'static, ()>,

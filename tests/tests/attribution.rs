@@ -9,27 +9,11 @@ use std::{
     process::Stdio,
 };
 
-use imds_probe_tests::{Daemon, Netns, Server, require_root};
+use imds_probe_tests::Setup;
 use serde_json::Value;
 
-struct Setup {
-    ns: Netns,
-    _imds: Server,
-    daemon: Daemon,
-}
-
 fn setup() -> Option<Setup> {
-    if !require_root() {
-        return None;
-    }
-    let daemon = Daemon::start(&["--backend", &imds_probe_tests::backend().0]);
-    let ns = Netns::new();
-    let imds = ns.fake_imds("optional", &[]);
-    Some(Setup {
-        ns,
-        _imds: imds,
-        daemon,
-    })
+    Setup::new("optional", &[])
 }
 
 /// A marker unique to this call, to find the client's event by its path or command line.

@@ -1,29 +1,13 @@
 //! Every kind of request the first probe must see, classify and attribute, driven by real
 //! clients in a namespace of the test's own, against the real daemon and kernel programs.
 
-use imds_probe_tests::{Daemon, Netns, require_root};
+use imds_probe_tests::Setup;
 use serde_json::Value;
 
 const V1_PATH: &str = "http://169.254.169.254/latest/meta-data/instance-id";
 
-struct Setup {
-    ns: Netns,
-    _imds: imds_probe_tests::Server,
-    daemon: Daemon,
-}
-
 fn setup() -> Option<Setup> {
-    if !require_root() {
-        return None;
-    }
-    let daemon = Daemon::start(&["--backend", &imds_probe_tests::backend().0]);
-    let ns = Netns::new();
-    let imds = ns.fake_imds("optional", &["169.254.169.254:8080", "169.254.169.253:80"]);
-    Some(Setup {
-        ns,
-        _imds: imds,
-        daemon,
-    })
+    Setup::new("optional", &["169.254.169.254:8080", "169.254.169.253:80"])
 }
 
 fn classes(events: &[Value]) -> Vec<&str> {
@@ -246,7 +230,7 @@ fn other_ports_neighbouring_addresses_and_the_server_itself_produce_nothing() {
     let (marker, _) = t.ns.client("curl", &["-sf", V1_PATH]);
     t.daemon.assert_none_from(other_port, marker);
     t.daemon.assert_none_from(neighbour, marker);
-    t.daemon.assert_none_from(t._imds.pid(), marker);
+    t.daemon.assert_none_from(t.imds.pid(), marker);
 }
 
 #[test]

@@ -2,23 +2,17 @@
 //! credential provider (npm), installed by `cargo xtask setup` into the toolchain prefix.
 //! Both fetch a token first and then call with it: every call must be seen and classified.
 
-use imds_probe_tests::{Daemon, Netns, Server, require_root};
+use imds_probe_tests::Setup;
 use serde_json::Value;
 
 const SDK_DIR: &str = "/opt/imds-probe-toolchain/sdk";
 
-fn setup() -> Option<(Netns, Server, Daemon)> {
-    if !require_root() {
-        return None;
-    }
+fn setup() -> Option<Setup> {
     assert!(
         std::path::Path::new(SDK_DIR).is_dir(),
         "{SDK_DIR} is missing: run `cargo xtask setup`"
     );
-    let daemon = Daemon::start(&["--backend", &imds_probe_tests::backend().0]);
-    let ns = Netns::new();
-    let imds = ns.fake_imds("required", &[]);
-    Some((ns, imds, daemon))
+    Setup::new("required", &[])
 }
 
 fn summary(events: &[Value]) -> Vec<String> {
@@ -40,7 +34,12 @@ const ROLE: &str = "/latest/meta-data/iam/security-credentials/fake-role";
 
 #[test]
 fn botocore_fetches_credentials_with_a_token() {
-    let Some((ns, _imds, daemon)) = setup() else {
+    let Some(Setup {
+        ns,
+        daemon,
+        imds: _imds,
+    }) = setup()
+    else {
         return;
     };
     let code = "from botocore.utils import InstanceMetadataFetcher\n\
@@ -76,7 +75,12 @@ fn botocore_fetches_credentials_with_a_token() {
 
 #[test]
 fn the_javascript_sdk_fetches_credentials_with_a_token() {
-    let Some((ns, _imds, daemon)) = setup() else {
+    let Some(Setup {
+        ns,
+        daemon,
+        imds: _imds,
+    }) = setup()
+    else {
         return;
     };
     let code = format!(
