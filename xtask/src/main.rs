@@ -56,6 +56,9 @@ enum Task {
     /// Setup, build, then the integration tests inside qemu VMs, on a matrix of Debian cloud
     /// kernels, once per backend, with a kernel x backend report.
     VmTest(vm::Options),
+    /// Setup, build, then the overhead benchmark inside the same VMs, for the backends that
+    /// only load there, as ratios to no probe.
+    VmBench(vm::BenchOptions),
     /// Setup, build, then measure as root: overhead, capacity, latency, startup (or all).
     Bench(bench::BenchArgs),
 }
@@ -88,7 +91,11 @@ fn run(task: Task) -> Result<()> {
         Task::Test { skip_lint, skip_vm } => test::run(skip_lint, skip_vm),
         Task::VmTest(opts) => {
             setup::run()?;
-            vm::run(&Workspace::new()?, &opts)
+            vm::test(&Workspace::new()?, &opts)
+        }
+        Task::VmBench(opts) => {
+            setup::run()?;
+            vm::bench(&Workspace::new()?, &opts)
         }
         Task::Bench(args) => bench::run(args),
     }

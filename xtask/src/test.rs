@@ -34,7 +34,7 @@ const STAGES: &[Stage] = &[
         // Every part runs before any failure is reported.
         let results: Vec<Result<()>> = vm::Options::ci()
             .iter()
-            .map(|options| vm::run(ws, options))
+            .map(|options| vm::test(ws, options))
             .collect();
         results.into_iter().collect()
     }),

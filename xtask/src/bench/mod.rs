@@ -15,7 +15,11 @@ mod procfs;
 mod startup;
 mod stats;
 
-use std::{fs, path::Path, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -45,6 +49,17 @@ pub struct BenchArgs {
     /// Use the binaries already in target/release instead of running setup and building.
     #[arg(long)]
     no_build: bool,
+    /// Use the binaries in this directory (implies --no-build); how `cargo xtask vm-bench`
+    /// runs the benchmarks inside a VM, where there is no workspace.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// MiB per bulk send of the overhead measurement.
+    #[arg(long, default_value_t = 1024)]
+    bulk_mib: u64,
+    /// `overhead` only: print its ratios to no probe and no absolute numbers, since under
+    /// emulation only the ratios mean anything.
+    #[arg(long)]
+    ratios_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +81,8 @@ pub struct Ctx {
     seconds: Option<f64>,
     rates: Vec<u64>,
     backends: Vec<String>,
+    bulk_bytes: u64,
+    ratios_only: bool,
 }
 
 impl Ctx {
@@ -87,8 +104,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.seconds.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
         bail!("--seconds must be a positive number");
     }
+    if args.ratios_only && args.which != Which::Overhead {
+        bail!("--ratios-only is for `overhead`, the one measurement reported as ratios");
+    }
     harness::install_interrupt_handler();
-    let bin_dir = if args.no_build {
+    let no_build = args.no_build || args.bin_dir.is_some();
+    let bin_dir = if let Some(dir) = args.bin_dir {
+        dir
+    } else if no_build {
         Workspace::new()?.release_dir()?
     } else {
         setup::run()?;
@@ -111,8 +134,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         seconds: args.seconds,
         rates: args.rates,
         backends: args.backends,
+        bulk_bytes: args.bulk_mib.max(1) << 20,
+        ratios_only: args.ratios_only,
     };
-    print_header(&ctx, args.no_build);
+    print_header(&ctx, no_build);
     let which: &[Which] = match args.which {
         Which::All => &[
             Which::Startup,
@@ -173,16 +198,22 @@ fn print_header(ctx: &Ctx, no_build: bool) {
         )
         .unwrap_or_default()
     };
+    let head = git(&["rev-parse", "--short", "HEAD"]);
     let dirty = git(&["status", "--porcelain"]).lines().count();
-    println!(
-        "source: git {} ({})",
-        git(&["rev-parse", "--short", "HEAD"]).trim(),
-        if dirty == 0 {
-            "clean".to_owned()
-        } else {
-            format!("{dirty} files changed or new")
-        }
-    );
+    if head.trim().is_empty() {
+        // Inside a vm-bench VM: no git, no checkout; the host's report names the source.
+        println!("source: unknown here (no git checkout)");
+    } else {
+        println!(
+            "source: git {} ({})",
+            head.trim(),
+            if dirty == 0 {
+                "clean".to_owned()
+            } else {
+                format!("{dirty} files changed or new")
+            }
+        );
+    }
     for path in [&ctx.bins.daemon, &ctx.bins.fake_imds, &ctx.bins.load] {
         println!("binary: {} ({})", path.display(), modified(path));
     }

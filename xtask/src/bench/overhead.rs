@@ -4,14 +4,19 @@
 //! a program (sock_ops on the cgroup root); sends on these sockets never enter sk_msg. The
 //! fentry/kprobe backends run on every tcp_sendmsg instead.
 
-use std::{fs, path::Path, time::Duration};
+use std::{
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 
 use super::{
     Ctx,
     harness::{Daemon, Netns, Server, run_client, summary},
-    procfs::process_cpu_ns,
+    procfs::{BpfStats, bpf_programs, process_cpu_ns},
     quiet_host,
     stats::{Summary, Table, num},
 };
@@ -19,7 +24,6 @@ use super::{
 const ECHO_ADDR: &str = "127.0.0.1:7000";
 const PINGPONG_CONNECTIONS: usize = 16;
 const PINGPONG_SIZE: usize = 64;
-const BULK_BYTES: u64 = 1 << 30;
 const BULK_REPEATS: usize = 5;
 const CONNECT_CONCURRENCY: usize = 4;
 
@@ -132,23 +136,28 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                     daemon_commands.push(daemon.command.clone());
                 }
             }
-            println!(
-                "  round {round}/{rounds} {:<8}: ping-pong {}/s (p50 {} µs, p99 {} µs) | bulk {} MiB/s | connect {}/s{}",
-                names[index],
-                num(sample.pingpong_per_sec, 0),
-                num(sample.p50_us, 1),
-                num(sample.p99_us, 1),
-                num(sample.bulk_mib_per_sec, 0),
-                num(sample.connects_per_sec, 0),
-                if condition.is_some() {
-                    format!(" | daemon CPU {} ms", num(sample.daemon_cpu_ms, 1))
-                } else {
-                    String::new()
-                }
-            );
+            if ctx.ratios_only {
+                println!("  round {round}/{rounds} {:<8}: done", names[index]);
+            } else {
+                println!(
+                    "  round {round}/{rounds} {:<8}: ping-pong {}/s (p50 {} µs, p99 {} µs) | bulk {} MiB/s | connect {}/s{}",
+                    names[index],
+                    num(sample.pingpong_per_sec, 0),
+                    num(sample.p50_us, 1),
+                    num(sample.p99_us, 1),
+                    num(sample.bulk_mib_per_sec, 0),
+                    num(sample.connects_per_sec, 0),
+                    if condition.is_some() {
+                        format!(" | daemon CPU {} ms", num(sample.daemon_cpu_ms, 1))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
             samples[index].push(sample);
         }
     }
+    let shares = kernel_shares(ctx, &ns, &conditions[1..], seconds)?;
     drop(server);
     drop(ns);
 
@@ -166,9 +175,16 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         );
         println!("  connect:   {}", c.connect);
     }
-    let mut headers = vec!["metric".to_owned(), names[0].clone()];
+    // Absolute columns are left out with --ratios-only.
+    let absolute = !ctx.ratios_only;
+    let mut headers = vec!["metric".to_owned()];
+    if absolute {
+        headers.push(names[0].clone());
+    }
     for name in &names[1..] {
-        headers.push(name.clone());
+        if absolute {
+            headers.push(name.clone());
+        }
         headers.push(format!("{name}/no probe: of medians"));
         headers.push("paired per round".to_owned());
     }
@@ -180,6 +196,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         &headers,
     );
     type Field = fn(&Sample) -> f64;
+    let bulk_name = format!(
+        "bulk MiB/s ({} MiB, 1 conn, median of {BULK_REPEATS})",
+        ctx.bulk_bytes >> 20
+    );
     let metrics: [(&str, Field, usize); 6] = [
         (
             "ping-pong round trips/s (16 conns, 64 B)",
@@ -188,11 +208,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         ),
         ("ping-pong RTT p50 µs", |s| s.p50_us, 1),
         ("ping-pong RTT p99 µs", |s| s.p99_us, 1),
-        (
-            "bulk MiB/s (1 GiB, 1 conn, median of 5)",
-            |s| s.bulk_mib_per_sec,
-            0,
-        ),
+        (&bulk_name, |s| s.bulk_mib_per_sec, 0),
         ("connect+64 B+close /s (4 loops)", |s| s.connects_per_sec, 0),
         (
             "daemon CPU ms during the workloads (schedstat)",
@@ -202,21 +218,26 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ];
     for (name, field, decimals) in metrics {
         let is_daemon_only = name.starts_with("daemon");
+        if is_daemon_only && !absolute {
+            continue;
+        }
         let none: Vec<f64> = samples[0].iter().map(field).collect();
         let none_s = Summary::of(&none);
-        let mut row = vec![
-            name.to_owned(),
-            if is_daemon_only {
+        let mut row = vec![name.to_owned()];
+        if absolute {
+            row.push(if is_daemon_only {
                 "-".into()
             } else {
                 none_s.show(decimals)
-            },
-        ];
+            });
+        }
         for with in &samples[1..] {
             let with: Vec<f64> = with.iter().map(field).collect();
             let with_s = Summary::of(&with);
             let paired: Vec<f64> = none.iter().zip(&with).map(|(a, b)| b / a).collect();
-            row.push(with_s.show(decimals));
+            if absolute {
+                row.push(with_s.show(decimals));
+            }
             if is_daemon_only {
                 row.extend(["-".to_owned(), "-".to_owned()]);
             } else {
@@ -230,7 +251,113 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     println!(
         "(for throughput a ratio < 1 means slower with the probe; for RTT a ratio > 1 means slower)\n"
     );
+    print_kernel_shares(&shares, ctx.ratios_only);
     Ok(())
+}
+
+/// One BPF program's work during a ping-pong run with bpf_stats on.
+struct KernelShare {
+    backend: String,
+    program: String,
+    runs_per_round_trip: f64,
+    ns_per_run: f64,
+    /// Its run time over the CPU time the machine had during the run (elapsed x CPUs).
+    cpu_share: f64,
+}
+
+/// The kernel's own account of what each backend's programs cost on this traffic, a ratio
+/// that stays meaningful where throughput is noisy (under emulation, on a busy host): one
+/// ping-pong run per backend with kernel.bpf_stats_enabled=1, which adds two clock reads per
+/// program run, so it is measured apart from the timed rounds.
+fn kernel_shares(
+    ctx: &Ctx,
+    ns: &Netns,
+    backends: &[Condition<'_>],
+    seconds: f64,
+) -> Result<Vec<KernelShare>> {
+    let stats = BpfStats::enable()?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let mut shares = Vec::new();
+    for backend in backends.iter().flatten() {
+        quiet_host(&[])?;
+        let log = ctx.tmp.join("overhead-stats.jsonl");
+        let mut daemon = Daemon::start(
+            &ctx.bins.daemon,
+            &[
+                "--backend",
+                backend,
+                "--no-stdout",
+                "--log-file",
+                &log.to_string_lossy(),
+            ],
+            &ctx.tmp,
+            "overhead-stats",
+        )?;
+        let before = bpf_programs(daemon.pid)?;
+        let started = Instant::now();
+        let out = summary(&run_client(
+            // No warm-up: the program counters see every round trip, and so must the count.
+            pingpong(ctx, ns, seconds, 0.0),
+            Duration::from_secs_f64(seconds) + Duration::from_secs(60),
+        )?)?;
+        let elapsed_ns = started.elapsed().as_secs_f64() * 1e9;
+        let after = bpf_programs(daemon.pid)?;
+        daemon.stop()?;
+        let _ = fs::remove_file(&log);
+        let round_trips = out["round_trips"].as_f64().unwrap_or(f64::NAN);
+        for prog in &after {
+            let (runs, run_ns) = before.iter().find(|p| p.id == prog.id).map_or(
+                (prog.run_cnt, prog.run_time_ns),
+                |b| {
+                    (
+                        prog.run_cnt.saturating_sub(b.run_cnt),
+                        prog.run_time_ns.saturating_sub(b.run_time_ns),
+                    )
+                },
+            );
+            shares.push(KernelShare {
+                backend: condition_name(Some(backend)),
+                program: format!("{} ({})", prog.name, prog.prog_type),
+                runs_per_round_trip: runs as f64 / round_trips,
+                ns_per_run: if runs == 0 {
+                    0.0
+                } else {
+                    run_ns as f64 / runs as f64
+                },
+                cpu_share: run_ns as f64 / (elapsed_ns * cpus),
+            });
+        }
+    }
+    drop(stats);
+    Ok(shares)
+}
+
+fn print_kernel_shares(shares: &[KernelShare], ratios_only: bool) {
+    let mut headers = vec!["backend", "program", "runs per round trip"];
+    if !ratios_only {
+        headers.push("ns per run");
+    }
+    headers.push("share of all CPU time");
+    let mut table = Table::new(
+        "kernel cost of each program during one ping-pong run (bpf_stats: run_time_ns, run_cnt from fdinfo)",
+        &headers,
+    );
+    for share in shares {
+        let mut row = vec![
+            share.backend.clone(),
+            share.program.clone(),
+            num(share.runs_per_round_trip, 2),
+        ];
+        if !ratios_only {
+            row.push(num(share.ns_per_run, 0));
+        }
+        row.push(format!("{} %", num(share.cpu_share * 100.0, 3)));
+        table.row(row);
+    }
+    table.print();
+    println!(
+        "(a round trip is two sends, the client's and the echo server's; run counts are system-wide)\n"
+    );
 }
 
 /// One pass of the three workloads.
@@ -238,20 +365,7 @@ fn workloads(ctx: &Ctx, ns: &Netns, seconds: f64) -> Result<(Sample, Commands)> 
     let deadline = Duration::from_secs_f64(seconds) + Duration::from_secs(60);
     let mut sample = Sample::default();
 
-    let mut pingpong = ns.command(&ctx.bins.load);
-    pingpong.args([
-        "pingpong",
-        "--addr",
-        ECHO_ADDR,
-        "--connections",
-        &PINGPONG_CONNECTIONS.to_string(),
-        "--size",
-        &PINGPONG_SIZE.to_string(),
-        "--seconds",
-        &seconds.to_string(),
-        "--warmup",
-        "0.5",
-    ]);
+    let pingpong = pingpong(ctx, ns, seconds, 0.5);
     let pingpong_shown = crate::cmd::display(&pingpong);
     let out = summary(&run_client(pingpong, deadline)?)?;
     sample.pingpong_per_sec = out["per_sec"].as_f64().unwrap_or(f64::NAN);
@@ -267,7 +381,7 @@ fn workloads(ctx: &Ctx, ns: &Netns, seconds: f64) -> Result<(Sample, Commands)> 
             "--addr",
             ECHO_ADDR,
             "--bytes",
-            &BULK_BYTES.to_string(),
+            &ctx.bulk_bytes.to_string(),
         ]);
         bulk_shown = crate::cmd::display(&command);
         let out = summary(&run_client(command, deadline)?)?;
@@ -300,6 +414,25 @@ fn workloads(ctx: &Ctx, ns: &Netns, seconds: f64) -> Result<(Sample, Commands)> 
             connect: connect_shown,
         },
     ))
+}
+
+/// The ping-pong client; `warmup` seconds of round trips are left out of its numbers.
+fn pingpong(ctx: &Ctx, ns: &Netns, seconds: f64, warmup: f64) -> Command {
+    let mut command = ns.command(&ctx.bins.load);
+    command.args([
+        "pingpong",
+        "--addr",
+        ECHO_ADDR,
+        "--connections",
+        &PINGPONG_CONNECTIONS.to_string(),
+        "--size",
+        &PINGPONG_SIZE.to_string(),
+        "--seconds",
+        &seconds.to_string(),
+        "--warmup",
+        &warmup.to_string(),
+    ]);
+    command
 }
 
 /// `imds_request` lines in a log file (0 if it does not exist).

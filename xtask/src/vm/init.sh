@@ -29,10 +29,12 @@ EOF
 
 kernel=unknown
 backends=
+bench=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
     imds_vm.kernel=*) kernel=${arg#*=} ;;
     imds_vm.backends=*) backends=$(echo "${arg#*=}" | tr , ' ') ;;
+    imds_vm.bench=*) bench=$(echo "${arg#*=}" | tr : ' ') ;;
     esac
 done
 echo "IMDS-VM-BOOTED kernel=$kernel release=$(uname -r)"
@@ -53,6 +55,16 @@ check /usr/bin/curl --version
 check /usr/bin/ip netns list
 check /usr/bin/unshare --version
 echo "IMDS-VM-TOOLS ok=$tools_ok"
+
+# cargo xtask vm-bench: the benchmark instead of the tests, reported as one "backend".
+if [ -n "$bench" ]; then
+    echo "IMDS-VM-START kernel=$kernel backend=bench"
+    result=failure
+    # $bench unquoted on purpose: it is the argument list.
+    "$IMDS_PROBE_BIN_DIR/xtask" bench $bench </dev/null 2>&1 && result=success
+    echo "IMDS-VM-RESULT kernel=$kernel backend=bench result=$result"
+    backends=
+fi
 
 for backend in $backends; do
     echo "IMDS-VM-START kernel=$kernel backend=$backend"

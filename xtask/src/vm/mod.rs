@@ -88,6 +88,31 @@ impl Options {
     }
 }
 
+/// `cargo xtask vm-bench`: the overhead benchmark inside the VMs, for the backends that only
+/// load there; emulation makes absolute numbers meaningless, so only ratios are printed.
+#[derive(clap::Args)]
+pub struct BenchOptions {
+    #[command(flatten)]
+    vm: Options,
+    /// Rounds per backend.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per timed load.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// MiB per bulk send (loopback under emulation moves a few hundred MiB/s).
+    #[arg(long, default_value_t = 64)]
+    bulk_mib: u64,
+}
+
+/// What each VM runs.
+enum Job {
+    /// The integration tests, once per backend.
+    Tests,
+    /// `xtask bench` with these arguments (joined by ':'), once, as the one "backend" `bench`.
+    Bench(String),
+}
+
 /// (name inside the VM, host path).
 type Executables = Vec<(String, PathBuf)>;
 
@@ -108,17 +133,45 @@ struct Row {
     notes: Vec<String>,
     /// A kernel that was required but could not be had.
     failed_to_fetch: bool,
+    bench_output: Vec<String>,
 }
 
-pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
+pub fn test(ws: &Workspace, opts: &Options) -> Result<()> {
+    run(ws, opts, &Job::Tests)
+}
+
+pub fn bench(ws: &Workspace, opts: &BenchOptions) -> Result<()> {
+    let backends = selected_backends(&opts.vm.backends)?;
+    let args = [
+        "overhead".to_owned(),
+        "--ratios-only".to_owned(),
+        format!("--bin-dir=/{}", initramfs::BIN_DIR),
+        format!("--backends={}", backends.join(",")),
+        format!("--rounds={}", opts.rounds),
+        format!("--seconds={}", opts.seconds),
+        format!("--bulk-mib={}", opts.bulk_mib),
+    ];
+    run(ws, &opts.vm, &Job::Bench(args.join(":")))
+}
+
+fn run(ws: &Workspace, opts: &Options, job: &Job) -> Result<()> {
     let started = Instant::now();
     let _lock = lock()?;
     let specs = selected_kernels(&opts.kernels)?;
-    let backends = selected_backends(&opts.backends)?;
+    let (backends, bench) = match job {
+        Job::Tests => (selected_backends(&opts.backends)?, None),
+        Job::Bench(args) => (vec!["bench"], Some(args.as_str())),
+    };
 
     let mut bins = build_daemon(ws)?;
-    let (tests, test_bins) = build_tests(ws)?;
+    let (mut tests, test_bins) = build_tests(ws)?;
     bins.extend(test_bins);
+    if bench.is_some() {
+        // The benchmark is this very program, run inside the VM with the clients it starts.
+        tests.clear();
+        let xtask = std::env::current_exe().context("finding the xtask executable")?;
+        bins.push(("xtask".to_owned(), xtask));
+    }
     let vm_dir = ws
         .release_dir()?
         .parent()
@@ -191,6 +244,7 @@ pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
                     total: None,
                     notes: vec![format!("skipped: {}", first_line(&reason))],
                     failed_to_fetch: spec.required,
+                    bench_output: Vec::new(),
                 });
                 continue;
             }
@@ -208,6 +262,7 @@ pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
             vmlinuz: &kernel.vmlinuz,
             initrd: &initrd,
             backends: &backends,
+            bench,
             log: &vm_dir.join(format!("{}.log", spec.name)),
             timeout: Duration::from_secs(opts.timeout),
         };
@@ -231,6 +286,7 @@ pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
             total: Some(run.total),
             notes,
             failed_to_fetch: false,
+            bench_output: run.bench_output,
         });
     }
 
@@ -407,6 +463,9 @@ fn report(rows: &[Row], backends: &[&str], emulator: &str, elapsed: Duration) ->
         ];
         line.extend(row.cells.iter().map(|cell| match cell {
             Cell::Skipped(_) => "skipped".to_owned(),
+            Cell::Ran(qemu::Outcome::Success { took, tests }) if tests.passed == 0 => {
+                format!("success {}", secs(*took))
+            }
             Cell::Ran(qemu::Outcome::Success { took, tests }) => {
                 format!("success {}/{} {}", tests.passed, tests.passed, secs(*took))
             }
@@ -457,6 +516,17 @@ fn report(rows: &[Row], backends: &[&str], emulator: &str, elapsed: Duration) ->
                 }
                 _ => {}
             }
+        }
+    }
+    for row in rows.iter().filter(|row| !row.bench_output.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\n== {} {}",
+            row.kernel.name,
+            row.image.as_deref().unwrap_or("-")
+        );
+        for line in &row.bench_output {
+            let _ = writeln!(out, "{line}");
         }
     }
     out

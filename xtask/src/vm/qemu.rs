@@ -76,6 +76,9 @@ pub struct Boot<'a> {
     pub vmlinuz: &'a Path,
     pub initrd: &'a Path,
     pub backends: &'a [&'a str],
+    /// `xtask bench` arguments, joined by ':' (the kernel command line splits on spaces):
+    /// init runs the benchmark instead of the tests, as one backend named `bench`.
+    pub bench: Option<&'a str>,
     pub log: &'a Path,
     pub timeout: Duration,
 }
@@ -140,6 +143,8 @@ pub struct Run {
     /// Kernel faults, timeouts, tool problems: whatever the report should say about the VM as
     /// a whole.
     pub problems: Vec<String>,
+    /// A benchmark's own output (without kernel messages), for the report.
+    pub bench_output: Vec<String>,
 }
 
 impl Boot<'_> {
@@ -158,9 +163,11 @@ impl Boot<'_> {
             .arg(self.initrd)
             .arg("-append")
             .arg(format!(
-                "{KERNEL_ARGS} imds_vm.kernel={} imds_vm.backends={}",
+                "{KERNEL_ARGS} imds_vm.kernel={} imds_vm.backends={}{}",
                 self.kernel,
-                self.backends.join(",")
+                self.backends.join(","),
+                self.bench
+                    .map_or_else(String::new, |args| format!(" imds_vm.bench={args}"))
             ));
         qemu
     }
@@ -206,6 +213,7 @@ impl Boot<'_> {
         drop(lines);
 
         let mut parser = Parser::new(self.kernel, self.backends);
+        let mut bench_output = Vec::new();
         let mut echoed = 0;
         let mut logged = 0u64;
         let mut deadline = started + self.timeout;
@@ -230,6 +238,13 @@ impl Boot<'_> {
                         echoed = 0;
                     }
                     echoed += 1;
+                    let is_bench_line = self.bench.is_some()
+                        && parser.current.is_some()
+                        && !shown.contains("IMDS-VM-")
+                        && !is_kernel_message(&shown);
+                    if is_bench_line && bench_output.len() < ECHO_LINES_PER_BACKEND {
+                        bench_output.push(shown.clone());
+                    }
                     if echoed <= ECHO_LINES_PER_BACKEND || always_echo(&shown) {
                         println!("[{}] {shown}", self.kernel);
                     } else if echoed == ECHO_LINES_PER_BACKEND + 1 {
@@ -279,7 +294,9 @@ impl Boot<'_> {
             parser.problems.push(problem.clone());
             parser.fatal.get_or_insert(problem);
         }
-        Ok(parser.finish(total))
+        let mut run = parser.finish(total);
+        run.bench_output = bench_output;
+        Ok(run)
     }
 }
 
@@ -509,8 +526,21 @@ impl<'a> Parser<'a> {
             total,
             release: self.release,
             problems: self.problems,
+            bench_output: Vec::new(),
         }
     }
+}
+
+/// A printk line on the console: "[   12.345678] ..." (seconds, then six digits).
+fn is_kernel_message(line: &str) -> bool {
+    let Some((stamp, _)) = line.strip_prefix('[').and_then(|rest| rest.split_once(']')) else {
+        return false;
+    };
+    let Some((secs, micros)) = stamp.trim_start().split_once('.') else {
+        return false;
+    };
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    digits(secs) && micros.len() == 6 && digits(micros)
 }
 
 /// Lines that stay in the echoed console however long a backend's output gets.
@@ -658,6 +688,15 @@ mod tests {
             reason,
             "verifier: number of funcs in func_info doesn't match number of subprogs"
         );
+    }
+
+    #[test]
+    fn kernel_messages_are_told_from_benchmark_output() {
+        assert!(is_kernel_message("[   12.345678] random: crng init done"));
+        assert!(!is_kernel_message("[6.1] == overhead"));
+        assert!(!is_kernel_message("[1.5 s] startup"));
+        assert!(!is_kernel_message("[] x"));
+        assert!(!is_kernel_message("  round 1/3 no probe: done"));
     }
 
     #[test]
