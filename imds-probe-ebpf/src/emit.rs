@@ -81,11 +81,7 @@ pub fn emit_sized<const N: usize>(
     // copy into its `data`; `src` is a kernel address the backend has bounds-checked for `len`.
     let copied = unsafe {
         (*record).chunk = SendChunk {
-            header: RecordHeader {
-                kind: KIND_SEND,
-                backend: meta.backend,
-                ts_ns: bpf_ktime_get_ns(),
-            },
+            header: header(KIND_SEND, meta.backend),
             cookie: meta.cookie,
             pid_tgid: bpf_get_current_pid_tgid(),
             uid_gid: bpf_get_current_uid_gid(),
@@ -124,18 +120,24 @@ pub fn emit_sized<const N: usize>(
     }
 }
 
+/// A record header stamped now.
+#[inline(always)]
+pub fn header(kind: u32, backend: u32) -> RecordHeader {
+    RecordHeader {
+        kind,
+        backend,
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
 pub fn emit_close(backend: u32, cookie: u64) {
     let Some(mut entry) = EVENTS.reserve::<Close>(0) else {
         count_loss(LOSS_RING_BUFFER_CLOSE);
         return;
     };
     entry.write(Close {
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        header: RecordHeader {
-            kind: KIND_CLOSE,
-            backend,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: header(KIND_CLOSE, backend),
         cookie,
     });
     entry.submit(WAKE_READER);

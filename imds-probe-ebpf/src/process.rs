@@ -10,7 +10,7 @@
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
     macros::raw_tracepoint,
@@ -19,7 +19,7 @@ use aya_ebpf::{
 use imds_probe_common::{
     loss::LOSS_RING_BUFFER_PROCESS,
     process::{EXEC_ARGS_BYTES, ExecRecord, ExitRecord, ForkRecord, UPID_BYTES},
-    record::{KIND_EXEC, KIND_EXIT, KIND_FORK, RecordHeader},
+    record::{KIND_EXEC, KIND_EXIT, KIND_FORK},
 };
 
 /// Process records do not wake the reader: sends do, and the reader also drains on a short
@@ -28,6 +28,7 @@ use imds_probe_common::{
 const NO_WAKEUP: u64 = BPF_RB_NO_WAKEUP as u64;
 
 use crate::{
+    emit::header,
     kernel::{global, read, read_ptr},
     maps::{EVENTS, count_loss},
 };
@@ -87,21 +88,14 @@ pub fn imds_process_fork(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let record = ForkRecord {
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        header: RecordHeader {
-            kind: KIND_FORK,
-            backend: 0,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: header(KIND_FORK, 0),
         start_boottime_ns: read(child, global(&OFF_TASK_START_BOOTTIME)),
         parent_pid: parent_tgid(child),
         child_pid: tgid,
         child_ns_pid: ns_pid(child),
         _pad: 0,
     };
-    if EVENTS.output::<ForkRecord>(record, NO_WAKEUP).is_err() {
-        count_loss(LOSS_RING_BUFFER_PROCESS);
-    }
+    output(record);
     0
 }
 
@@ -119,19 +113,20 @@ pub fn imds_process_exit(_ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let record = ExitRecord {
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        header: RecordHeader {
-            kind: KIND_EXIT,
-            backend: 0,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: header(KIND_EXIT, 0),
         pid: tgid,
         _pad: 0,
     };
-    if EVENTS.output::<ExitRecord>(record, NO_WAKEUP).is_err() {
+    output(record);
+    0
+}
+
+/// Queues a fixed-size process record (without a wake-up: see NO_WAKEUP).
+#[inline(always)]
+fn output<T>(record: T) {
+    if EVENTS.output::<T>(record, NO_WAKEUP).is_err() {
         count_loss(LOSS_RING_BUFFER_PROCESS);
     }
-    0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
@@ -165,11 +160,7 @@ pub fn imds_process_exec(ctx: RawTracePointContext) -> i32 {
     // SAFETY: `record` is a live reservation of an ExecRecord; every copy is bounded by the
     // size of the field it fills, and the probe_read helpers validate their sources.
     unsafe {
-        (*record).header = RecordHeader {
-            kind: KIND_EXEC,
-            backend: 0,
-            ts_ns: bpf_ktime_get_ns(),
-        };
+        (*record).header = header(KIND_EXEC, 0);
         (*record).start_boottime_ns = read(task, global(&OFF_TASK_START_BOOTTIME));
         (*record).pid = (pid_tgid >> 32) as u32;
         (*record).tid = pid_tgid as u32;

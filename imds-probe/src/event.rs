@@ -57,10 +57,6 @@ impl RequestEvent {
 
     pub fn request(head: RequestHead, class: Class, ctx: Context<'_>) -> Self {
         Self {
-            ts: ctx.ts,
-            event: Self::NAME,
-            class,
-            reason: None,
             method: Some(head.method),
             path: Some(head.path),
             http_version: Some(head.http_version),
@@ -70,24 +66,21 @@ impl RequestEvent {
             } else {
                 None
             },
-            remote: ctx.remote.endpoint.clone(),
-            socket_family: ctx.remote.family,
-            backend: ctx.backend,
-            connection: ctx.connection,
-            process: ctx.who.process,
-            parents: ctx.who.parents,
-            cgroup: ctx.who.cgroup,
-            systemd_unit: ctx.who.systemd_unit,
-            container: ctx.who.container,
+            ..Self::without_head(class, None, ctx)
         }
     }
 
     pub fn unknown(reason: UnknownReason, ctx: Context<'_>) -> Self {
+        Self::without_head(Class::Unknown, Some(reason), ctx)
+    }
+
+    /// Who sent it, where, and how we saw it; no request head fields.
+    fn without_head(class: Class, reason: Option<UnknownReason>, ctx: Context<'_>) -> Self {
         Self {
             ts: ctx.ts,
             event: Self::NAME,
-            class: Class::Unknown,
-            reason: Some(reason),
+            class,
+            reason,
             method: None,
             path: None,
             http_version: None,

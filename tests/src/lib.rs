@@ -227,6 +227,18 @@ impl Setup {
         let imds = ns.fake_imds(mode, extra_listen);
         Some(Self { ns, imds, daemon })
     }
+
+    /// Runs `program args` in the namespace as a client, asserts that it exited 0, and
+    /// returns the first `count` request events of its process.
+    pub fn requests_of(&self, count: usize, program: &str, args: &[&str]) -> Vec<Value> {
+        let (pid, out) = self.ns.client(program, args);
+        assert!(
+            out.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.daemon.requests_from(pid, count)
+    }
 }
 
 /// The real daemon, with events collected from its stdout as they arrive.

@@ -47,12 +47,11 @@ fn cmdline(event: &Value) -> Vec<String> {
 fn a_caller_that_exits_right_after_its_send_is_still_named() {
     let Some(t) = setup() else { return };
     let mark = marker("exits");
-    let (pid, out) = t.ns.client(
+    let event = &t.requests_of(
+        1,
         "/usr/bin/python3",
         &["-c", &send_and("os._exit(0)", &mark), &mark],
-    );
-    assert!(out.status.success());
-    let event = &t.daemon.requests_from(pid, 1)[0];
+    )[0];
     assert_eq!(event["class"], "imdsv1");
     assert!(
         event["process"]["exe"]
@@ -80,9 +79,7 @@ fn a_request_from_a_second_thread_resolves_to_its_process() {
          s.sendall(b'GET /latest/meta-data/{mark} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n    s.recv(100)\n\
          t = threading.Thread(target=send)\nt.start()\nt.join()\n"
     );
-    let (pid, out) = t.ns.client("/usr/bin/python3", &["-c", &code]);
-    assert!(out.status.success());
-    let event = &t.daemon.requests_from(pid, 1)[0];
+    let event = &t.requests_of(1, "/usr/bin/python3", &["-c", &code])[0];
     assert_ne!(
         event["process"]["tid"], event["process"]["pid"],
         "sent from another thread"
@@ -126,10 +123,11 @@ fn exec_right_after_the_send_does_not_rewrite_the_attribution() {
     let Some(t) = setup() else { return };
     let mark = marker("exec");
     let then = "os.execv('/bin/sleep', ['sleep', '0.2'])";
-    let (pid, out) =
-        t.ns.client("/usr/bin/python3", &["-c", &send_and(then, &mark), &mark]);
-    assert!(out.status.success());
-    let event = &t.daemon.requests_from(pid, 1)[0];
+    let event = &t.requests_of(
+        1,
+        "/usr/bin/python3",
+        &["-c", &send_and(then, &mark), &mark],
+    )[0];
     assert!(
         event["process"]["exe"]
             .as_str()

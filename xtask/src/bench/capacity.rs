@@ -102,16 +102,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     );
     let stats = BpfStats::enable()?;
     let ns = Netns::new()?;
-    let mut imds = ns.command(&ctx.bins.fake_imds);
-    imds.args([
-        "--mode",
-        "optional",
-        "--listen",
-        "169.254.169.254:80",
-        "--listen",
-        "[fd00:ec2::254]:80",
-    ]);
-    let imds = Server::start(imds)?;
+    let imds = Server::fake_imds(ctx, &ns)?;
     let imds_command = imds.command.clone();
     let mut runs: Vec<Run> = Vec::new();
     let mut commands: Vec<String> = Vec::new();
@@ -158,18 +149,7 @@ fn one_run(
 ) -> Result<Run> {
     let log = ctx.tmp.join(&format!("capacity-{round}-{rate}.jsonl"));
     quiet_host(&[])?;
-    let mut daemon = Daemon::start(
-        &ctx.bins.daemon,
-        &[
-            "--backend",
-            "sk-msg",
-            "--no-stdout",
-            "--log-file",
-            &log.to_string_lossy(),
-        ],
-        &ctx.tmp,
-        "capacity",
-    )?;
+    let mut daemon = Daemon::logging(ctx, "sk-msg", &log, "capacity")?;
     let cpu_before = CpuTicks::of(daemon.pid)?;
     let threads_before = thread_cpu_ns(daemon.pid);
     let imds_before = CpuTicks::of(imds_pid)?;

@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::Ctx;
 use crate::cmd;
 
 /// How long a daemon may take to say READY=1, or to exit after SIGTERM.
@@ -211,6 +212,20 @@ pub struct Server {
 }
 
 impl Server {
+    /// fake-imds in `ns` on both IMDS addresses, tokens optional: it serves v1 and v2 alike.
+    pub fn fake_imds(ctx: &Ctx, ns: &Netns) -> Result<Self> {
+        let mut imds = ns.command(&ctx.bins.fake_imds);
+        imds.args([
+            "--mode",
+            "optional",
+            "--listen",
+            "169.254.169.254:80",
+            "--listen",
+            "[fd00:ec2::254]:80",
+        ]);
+        Self::start(imds)
+    }
+
     pub fn start(mut command: Command) -> Result<Self> {
         let shown = cmd::display(&command);
         let mut child = command
@@ -339,6 +354,14 @@ enum Attempt {
 const LOCKED: &str = "another imds-probe is running";
 
 impl Daemon {
+    /// `start` on `backend`, with the events going to `log` only: how every timed
+    /// measurement runs it.
+    pub fn logging(ctx: &Ctx, backend: &str, log: &Path, tag: &str) -> Result<Self> {
+        let log = log.to_string_lossy();
+        let args = ["--backend", backend, "--no-stdout", "--log-file", &log];
+        Self::start(&ctx.bins.daemon, &args, &ctx.tmp, tag)
+    }
+
     /// Starts the daemon and waits for READY=1. `tag` names its notify socket and stderr
     /// file in `dir`. While another imds-probe (an integration test, say) holds the
     /// one-per-host lock, retries for up to two minutes.

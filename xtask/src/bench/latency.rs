@@ -265,16 +265,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     );
     println!("   a fresh daemon per round and condition (started before, SIGTERM after)");
     let ns = Netns::new()?;
-    let mut imds = ns.command(&ctx.bins.fake_imds);
-    imds.args([
-        "--mode",
-        "optional",
-        "--listen",
-        "169.254.169.254:80",
-        "--listen",
-        "[fd00:ec2::254]:80",
-    ]);
-    let imds = Server::start(imds)?;
+    let imds = Server::fake_imds(ctx, &ns)?;
     let mut results: Vec<(Condition, Round)> = Vec::new();
     let mut commands = Vec::new();
     let mut how = "";
@@ -415,18 +406,7 @@ fn one_round(
         .tmp
         .join(&format!("latency-{round}-{}.jsonl", condition as u8));
     quiet_host(&[])?;
-    let mut daemon = Daemon::start(
-        &ctx.bins.daemon,
-        &[
-            "--backend",
-            "sk-msg",
-            "--no-stdout",
-            "--log-file",
-            &log.to_string_lossy(),
-        ],
-        &ctx.tmp,
-        "latency",
-    )?;
+    let mut daemon = Daemon::logging(ctx, "sk-msg", &log, "latency")?;
     let tailer = Tailer::start(log.clone());
     let churn = (condition == Condition::ExecChurn).then(Churn::start);
     let mut load = ns.command(&ctx.bins.load);

@@ -104,18 +104,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             quiet_host(&[])?;
             let mut daemon = match condition {
                 None => None,
-                Some(backend) => Some(Daemon::start(
-                    &ctx.bins.daemon,
-                    &[
-                        "--backend",
-                        backend,
-                        "--no-stdout",
-                        "--log-file",
-                        &log.to_string_lossy(),
-                    ],
-                    &ctx.tmp,
-                    "overhead",
-                )?),
+                Some(backend) => Some(Daemon::logging(ctx, backend, &log, "overhead")?),
             };
             let cpu_before = daemon.as_ref().map(|d| process_cpu_ns(d.pid));
             let (mut sample, used) = workloads(ctx, &ns, seconds)?;
@@ -281,18 +270,7 @@ fn kernel_shares(
     for backend in backends.iter().flatten() {
         quiet_host(&[])?;
         let log = ctx.tmp.join("overhead-stats.jsonl");
-        let mut daemon = Daemon::start(
-            &ctx.bins.daemon,
-            &[
-                "--backend",
-                backend,
-                "--no-stdout",
-                "--log-file",
-                &log.to_string_lossy(),
-            ],
-            &ctx.tmp,
-            "overhead-stats",
-        )?;
+        let mut daemon = Daemon::logging(ctx, backend, &log, "overhead-stats")?;
         let before = bpf_programs(daemon.pid)?;
         let started = Instant::now();
         let out = summary(&run_client(

@@ -61,7 +61,8 @@ if [ -n "$bench" ]; then
     echo "IMDS-VM-START kernel=$kernel backend=bench"
     result=failure
     # $bench unquoted on purpose: it is the argument list.
-    "$IMDS_PROBE_BIN_DIR/xtask" bench $bench </dev/null 2>&1 && result=success
+    PATH="$IMDS_PROBE_BIN_DIR:$PATH" "$IMDS_PROBE_BIN_DIR/xtask" bench $bench </dev/null 2>&1 &&
+        result=success
     echo "IMDS-VM-RESULT kernel=$kernel backend=bench result=$result"
     backends=
 fi

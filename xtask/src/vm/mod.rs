@@ -34,6 +34,9 @@ const TESTS_PACKAGE: &str = "imds-probe-tests";
 /// Daemon binaries the tests start, from `cargo build --release -p imds-probe --bins`.
 const DAEMON_BINS: &[&str] = &["imds-probe", "fake-imds"];
 
+/// Debian's bpftool, if the host has it.
+const BPFTOOL: &str = "/usr/sbin/bpftool";
+
 /// Long enough for three backends' tests under emulation; short enough that a hung kernel
 /// leaves CI time for the others.
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
@@ -171,6 +174,10 @@ fn run(ws: &Workspace, opts: &Options, job: &Job) -> Result<()> {
         tests.clear();
         let xtask = std::env::current_exe().context("finding the xtask executable")?;
         bins.push(("xtask".to_owned(), xtask));
+        // Optional: it names the programs in the kernel-cost table, where fdinfo has only tags.
+        if Path::new(BPFTOOL).is_file() {
+            bins.push(("bpftool".to_owned(), PathBuf::from(BPFTOOL)));
+        }
     }
     let vm_dir = ws
         .release_dir()?
