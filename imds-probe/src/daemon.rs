@@ -35,7 +35,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // which parses it even though nothing uses it): megabytes, freed right away. With glibc's
     // sliding threshold the first free raises it, the second parse lands on the heap, and the
     // heap never shrinks back; a fixed threshold gives each big buffer its own mapping that
-    // goes back to the kernel when freed (VmHWM 28.7 -> 23.1 MiB on 6.18; see README).
+    // goes back to the kernel when freed (VmHWM 28.7 -> 23.2 MiB on 6.18; see README).
     // SAFETY: mallopt only tunes glibc's allocator; it is called before start-up allocates.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
     let sink = Sink::start(Outputs {
