@@ -34,6 +34,17 @@ fn send_and(then: &str, mark: &str) -> String {
     )
 }
 
+/// The event names python, our client, as the executable.
+fn assert_exe_is_python(event: &Value) {
+    assert!(
+        event["process"]["exe"]
+            .as_str()
+            .unwrap()
+            .starts_with("/usr/bin/python3"),
+        "{event:#}"
+    );
+}
+
 fn cmdline(event: &Value) -> Vec<String> {
     event["process"]["cmdline"]
         .as_array()
@@ -53,13 +64,7 @@ fn a_caller_that_exits_right_after_its_send_is_still_named() {
         &["-c", &send_and("os._exit(0)", &mark), &mark],
     )[0];
     assert_eq!(event["class"], "imdsv1");
-    assert!(
-        event["process"]["exe"]
-            .as_str()
-            .unwrap()
-            .starts_with("/usr/bin/python3"),
-        "{event:#}"
-    );
+    assert_exe_is_python(event);
     assert!(cmdline(event).contains(&mark), "{event:#}");
     assert_eq!(event["process"]["user"], "root");
     assert!(
@@ -84,12 +89,7 @@ fn a_request_from_a_second_thread_resolves_to_its_process() {
         event["process"]["tid"], event["process"]["pid"],
         "sent from another thread"
     );
-    assert!(
-        event["process"]["exe"]
-            .as_str()
-            .unwrap()
-            .starts_with("/usr/bin/python3")
-    );
+    assert_exe_is_python(event);
 }
 
 #[test]
@@ -128,13 +128,7 @@ fn exec_right_after_the_send_does_not_rewrite_the_attribution() {
         "/usr/bin/python3",
         &["-c", &send_and(then, &mark), &mark],
     )[0];
-    assert!(
-        event["process"]["exe"]
-            .as_str()
-            .unwrap()
-            .starts_with("/usr/bin/python3"),
-        "{event:#}"
-    );
+    assert_exe_is_python(event);
     assert!(cmdline(event).contains(&mark));
 }
 
