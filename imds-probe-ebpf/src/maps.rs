@@ -1,13 +1,16 @@
 //! Maps shared by the programs. Names are the ones in `imds_probe_common`, which user space
 //! opens them by.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{HashMap, PerCpuArray, RingBuf, SockHash},
 };
 use imds_probe_common::{loss::LOSS_COUNTERS, record::RING_BUFFER_BYTES, send::MAX_CONNECTIONS};
 
-use crate::conn::{ConnKey, ConnState};
+use crate::conn::ConnState;
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
@@ -15,10 +18,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
 #[map(name = "LOSS")]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
 
-/// Tracked IMDS connections. A plain hash, not an LRU: when it is full a new connection is
-/// refused and counted, rather than an old one silently losing its offset.
-#[map(name = "CONNECTIONS")]
-pub static CONNECTIONS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+/// Per-socket state of enrolled IMDS connections. Socket-local storage has no size of its
+/// own: it lives and dies with its socket, and `IMDS_SOCKETS` bounds how many are enrolled.
+#[btf_map(name = "CONN_STATE")]
+pub static CONN_STATE: SkStorage<ConnState> = SkStorage::new();
+
+/// `CONN_STATE` as the storage helpers take it. `SkStorage`'s own accessors serve only
+/// `sock_addr` programs; the loader relocates references to the definition's address.
+#[inline(always)]
+pub fn conn_state_map() -> *mut c_void {
+    (&raw const CONN_STATE).cast_mut().cast()
+}
 
 /// IMDS connections, keyed by socket cookie; the sk_msg program is attached to it, so only
 /// these sockets pay for a program run on send.

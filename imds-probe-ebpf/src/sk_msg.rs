@@ -1,16 +1,15 @@
 //! `sk_msg` verdict program on `IMDS_SOCKETS`: runs in the sender's context for every
 //! sendmsg-family call (send, write, writev, sendfile/splice, io_uring all end in the
-//! socket's sendmsg) on an enrolled socket, and only on those. It copies the message out in
-//! chunks and always lets it pass.
-
-use core::ffi::c_void;
+//! socket's sendmsg) on an enrolled socket, and only on those. It always lets the message pass.
+//!
+//! Each run copies one chunk. For a longer message it asks the kernel, with
+//! `bpf_msg_apply_bytes`, to pass that chunk alone and run the program again on the rest: the
+//! same walk a loop would make, without one. Kernels before 5.17 have no `bpf_loop`, and a
+//! bounded loop of this size exceeds the verifier's state budget.
 
 use aya_ebpf::{
-    bindings::{sk_action::SK_PASS, sk_msg_md},
-    helpers::{
-        bpf_msg_pull_data,
-        generated::{bpf_get_netns_cookie, bpf_loop},
-    },
+    bindings::sk_action::SK_PASS,
+    helpers::{bpf_msg_apply_bytes, bpf_msg_pull_data},
     macros::sk_msg,
     programs::SkMsgContext,
 };
@@ -20,10 +19,12 @@ use imds_probe_common::{
 };
 
 use crate::{
-    conn::{ConnKey, RawEndpoints},
+    conn::{self, Peer, RawPeer},
     emit::{SendMeta, emit_chunk},
-    maps::{CONNECTIONS, count_loss},
+    maps::count_loss,
 };
+
+const CHUNK: u32 = CHUNK_BYTES as u32;
 
 #[sk_msg]
 // Inlined into the macro's entry point: an outlined body would be a global BPF
@@ -34,106 +35,63 @@ pub fn imds_sk_msg(ctx: SkMsgContext) -> u32 {
     SK_PASS
 }
 
-#[inline(always)]
-fn key(ctx: &SkMsgContext) -> ConnKey {
-    // SAFETY: `ctx.msg` is the program's own context; these fields are plain reads.
-    let raw = unsafe {
-        let md = &*ctx.msg;
-        RawEndpoints {
-            family: md.family,
-            remote_ip4: md.remote_ip4,
-            local_ip4: md.local_ip4,
-            remote_ip6: md.remote_ip6,
-            local_ip6: md.local_ip6,
-            remote_port: md.remote_port,
-            local_port: md.local_port,
-        }
-    };
-    // SAFETY: `ctx.msg` is the program's own context pointer.
-    ConnKey::new(unsafe { bpf_get_netns_cookie(ctx.msg.cast()) }, &raw)
-}
-
 fn capture(ctx: &SkMsgContext) {
-    let key = key(ctx);
-    let Some(state) = CONNECTIONS.get_ptr_mut(key) else {
+    let md = ctx.msg;
+    // SAFETY: `md` is the program's own context; `sk` is never null for sk_msg.
+    let (raw, sk) = unsafe {
+        let raw = RawPeer::read(
+            &raw const (*md).family,
+            &raw const (*md).remote_ip4,
+            &raw const (*md).remote_ip6,
+            &raw const (*md).remote_port,
+        );
+        (raw, (*md).__bindgen_anon_3.sk)
+    };
+    let Some(state) = conn::state(sk) else {
         count_loss(LOSS_CONNECTION_UNTRACKED);
         return;
     };
+    // What is left of the message: all of it on a first run, the rest on a re-run.
     let size = ctx.size();
+    let rest = size > CHUNK;
     // SAFETY: the socket lock serialises sends on one socket, so no other program run
     // updates this connection's state concurrently.
-    let (cookie, base) = unsafe {
-        let base = (*state).offset;
-        (*state).offset = base + u64::from(size);
-        ((*state).cookie, base)
-    };
+    let (cookie, base, index) = unsafe { ((*state).cookie, (*state).offset, (*state).next_chunk) };
+    let split = rest && index + 1 < MAX_CHUNKS_PER_SEND;
+    let (covered, next_chunk) = if split { (CHUNK, index + 1) } else { (size, 0) };
+    // SAFETY: as above.
+    unsafe {
+        (*state).offset = base + u64::from(covered);
+        (*state).next_chunk = next_chunk;
+    }
+    if split {
+        // SAFETY: `ctx.msg` is the program's context.
+        unsafe { bpf_msg_apply_bytes(ctx.msg, CHUNK) };
+    } else if rest {
+        count_loss(LOSS_SEND_TRUNCATED);
+    }
+    let len = if rest { CHUNK } else { size };
+    // Makes [0, len) one linear run even when it spans scatterlist pages.
+    // SAFETY: `ctx.msg` is the program's context.
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, len, 0) } != 0 {
+        count_loss(LOSS_SEND_TRUNCATED);
+        return;
+    }
+    let peer = Peer::new(&raw);
     let meta = SendMeta {
         backend: BACKEND_SK_MSG,
         cookie,
-        remote_addr: key.remote,
-        remote_port: key.remote_port,
-        family: key.family,
+        remote_addr: peer.addr,
+        remote_port: peer.port,
+        family: peer.family,
         send_size: size,
         comm: [0; 16],
     };
-    let mut walk = ChunkWalk {
-        ctx: ctx.msg,
-        meta,
-        base,
-        size,
-    };
-    // bpf_loop keeps the verifier's work to one pass over the body, where an unrolled or
-    // bounded loop of this size explodes its state count.
-    // SAFETY: the callback has the signature bpf_loop expects and only touches `walk`.
-    unsafe {
-        bpf_loop(
-            MAX_CHUNKS_PER_SEND,
-            emit_one_chunk as *mut c_void,
-            (&raw mut walk).cast(),
-            0,
-        )
-    };
-    if u64::from(size) > u64::from(MAX_CHUNKS_PER_SEND) * CHUNK_BYTES as u64 {
-        count_loss(LOSS_SEND_TRUNCATED);
-    }
-}
-
-struct ChunkWalk {
-    ctx: *mut sk_msg_md,
-    meta: SendMeta,
-    base: u64,
-    size: u32,
-}
-
-/// One iteration: pull chunk `index` into a linear run and emit it. 0 continues, 1 stops.
-#[inline(never)]
-extern "C" fn emit_one_chunk(index: u64, walk: *mut ChunkWalk) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer passed in `capture`, alive for the loop.
-    let walk = unsafe { &*walk };
-    let chunk = CHUNK_BYTES as u32;
-    let start = (index as u32) * chunk;
-    if start >= walk.size {
-        return 1;
-    }
-    let end = if walk.size - start > chunk {
-        start + chunk
-    } else {
-        walk.size
-    };
-    // Makes [start, end) one linear run even when it spans scatterlist pages.
-    // SAFETY: `walk.ctx` is the program's context, live for the whole run.
-    if unsafe { bpf_msg_pull_data(walk.ctx, start, end, 0) } != 0 {
-        count_loss(LOSS_SEND_TRUNCATED);
-        return 1;
-    }
-    let ctx = SkMsgContext::new(walk.ctx);
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let len = data_end.saturating_sub(data) as u32;
     emit_chunk(
-        &walk.meta,
-        walk.base + u64::from(start),
+        &meta,
+        base,
         data as *const u8,
-        len,
+        data_end.saturating_sub(data) as u32,
     );
-    0
 }

@@ -74,23 +74,6 @@ impl Default for Options {
     }
 }
 
-impl Options {
-    /// What `cargo xtask test` runs: every kernel with every backend it supports. The one
-    /// cell left out, sk-msg on 5.10, cannot load there (no bpf_loop before 5.17: the README
-    /// says so, and `auto` picks fentry on such kernels); `cargo xtask vm-test` still runs it.
-    pub fn ci() -> [Self; 2] {
-        let matrix = |kernels: &[&str], backends: &[&str]| Self {
-            kernels: kernels.iter().map(|k| (*k).to_owned()).collect(),
-            backends: backends.iter().map(|b| (*b).to_owned()).collect(),
-            ..Self::default()
-        };
-        [
-            matrix(&["6.1", "6.12"], &[]),
-            matrix(&["5.10"], &["fentry", "kprobe"]),
-        ]
-    }
-}
-
 /// `cargo xtask vm-bench`: the overhead benchmark inside the VMs, for the backends that only
 /// load there; emulation makes absolute numbers meaningless, so only ratios are printed.
 #[derive(clap::Args)]
