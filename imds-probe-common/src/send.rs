@@ -6,8 +6,9 @@ use crate::record::RecordHeader;
 /// consecutive `stream_offset`s.
 pub const CHUNK_BYTES: usize = 4096;
 
-/// Chunks captured from one send at most; the rest of a larger send is counted as truncated
-/// and shows up in user space as a gap in `stream_offset`.
+/// Chunks captured from one send at most (sk_msg: from one message the kernel hands over);
+/// the rest of a larger send is counted as truncated and shows up in user space as a gap in
+/// `stream_offset`.
 pub const MAX_CHUNKS_PER_SEND: u32 = 32;
 
 /// The cgroup `sock_ops` + `sk_msg` backend. `stream_offset` counts bytes from the first.
@@ -47,7 +48,8 @@ pub struct SendChunk {
     pub remote_port: u16,
     /// `AF_INET` or `AF_INET6`: tells an IPv4 socket from a dual-stack one to a mapped address.
     pub family: u16,
-    /// Size of the whole send this chunk belongs to.
+    /// Size of the send this chunk belongs to; for sk_msg, what was left of it when this
+    /// chunk was cut. For debugging only.
     pub send_size: u32,
     /// Payload bytes that follow this header in the record.
     pub len: u32,

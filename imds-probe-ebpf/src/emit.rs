@@ -120,6 +120,15 @@ pub fn emit_sized<const N: usize>(
     }
 }
 
+/// A record with no bytes that ends at `end`: whatever no record carried before it is a gap
+/// that user space sees now, attributed to this sender, rather than at a later send or never
+/// (a lost tail at the end of a connection would otherwise hide its requests). The full-size
+/// record, as the send hooks already reserve it: a second size there costs verifier work.
+#[inline(always)]
+pub fn emit_gap_end(meta: &SendMeta, end: u64) {
+    emit_sized::<{ CHUNK_BYTES }>(meta, end, core::ptr::null(), 0, Memory::Kernel)
+}
+
 /// A record header stamped now.
 #[inline(always)]
 pub fn header(kind: u32, backend: u32) -> RecordHeader {

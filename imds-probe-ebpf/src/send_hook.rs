@@ -27,7 +27,7 @@ use imds_probe_common::{
 };
 
 use crate::{
-    emit::{Memory, SendMeta, emit_close, emit_sized},
+    emit::{Memory, SendMeta, emit_close, emit_gap_end, emit_sized},
     kernel::{global, read, read_ptr},
     maps::{HOOKED_SOCKETS, count_loss},
 };
@@ -118,7 +118,7 @@ pub fn imds_kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn on_sendpage(sk: *const u8, size: u64, backend: u32) {
     if let Some((meta, seq)) = imds_send(sk, backend, size as u32) {
-        mark_unreadable(&meta, seq, size, sk);
+        mark_lost(&meta, seq, size, LOSS_SEND_UNREADABLE);
     }
 }
 
@@ -199,18 +199,12 @@ fn imds_send(sk: *const u8, backend: u32, send_size: u32) -> Option<(SendMeta, u
     Some((meta, read(sk, global(&OFF_TCP_WRITE_SEQ))))
 }
 
-/// Bytes the hook cannot read: counted, and a zero-length marker at their end, so user
-/// space sees the gap now, attributed to this sender, instead of at some later send or never.
+/// Bytes of the send the hook did not capture: counted under `loss`, and marked as a gap up
+/// to the send's end.
 #[inline(always)]
-fn mark_unreadable(meta: &SendMeta, seq: u32, size: u64, any: *const u8) {
-    count_loss(LOSS_SEND_UNREADABLE);
-    emit_sized::<{ CHUNK_BYTES }>(
-        meta,
-        u64::from(seq.wrapping_add(size as u32)),
-        any,
-        0,
-        Memory::User,
-    );
+fn mark_lost(meta: &SendMeta, seq: u32, size: u64, loss: u32) {
+    count_loss(loss);
+    emit_gap_end(meta, u64::from(seq.wrapping_add(size as u32)));
 }
 
 #[inline(always)]
@@ -239,11 +233,11 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
             read(iter, global(&OFF_ITER_NR_SEGS)),
         )
     } else {
-        mark_unreadable(&meta, seq, count, msg);
+        mark_lost(&meta, seq, count, LOSS_SEND_UNREADABLE);
         return;
     };
     if captured < count {
-        count_loss(LOSS_SEND_TRUNCATED);
+        mark_lost(&meta, seq, count, LOSS_SEND_TRUNCATED);
     }
 }
 

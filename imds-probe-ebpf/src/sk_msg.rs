@@ -14,13 +14,13 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use imds_probe_common::{
-    loss::{LOSS_CONNECTION_UNTRACKED, LOSS_SEND_TRUNCATED},
+    loss::{LOSS_CONNECTION_UNTRACKED, LOSS_READ_FAILED, LOSS_SEND_TRUNCATED},
     send::{BACKEND_SK_MSG, CHUNK_BYTES, MAX_CHUNKS_PER_SEND},
 };
 
 use crate::{
     conn::{self, Peer, RawPeer},
-    emit::{SendMeta, emit_chunk},
+    emit::{SendMeta, emit_chunk, emit_gap_end},
     maps::count_loss,
 };
 
@@ -67,15 +67,6 @@ fn capture(ctx: &SkMsgContext) {
     if split {
         // SAFETY: `ctx.msg` is the program's context.
         unsafe { bpf_msg_apply_bytes(ctx.msg, CHUNK) };
-    } else if rest {
-        count_loss(LOSS_SEND_TRUNCATED);
-    }
-    let len = if rest { CHUNK } else { size };
-    // Makes [0, len) one linear run even when it spans scatterlist pages.
-    // SAFETY: `ctx.msg` is the program's context.
-    if unsafe { bpf_msg_pull_data(ctx.msg, 0, len, 0) } != 0 {
-        count_loss(LOSS_SEND_TRUNCATED);
-        return;
     }
     let peer = Peer::new(&raw);
     let meta = SendMeta {
@@ -87,6 +78,14 @@ fn capture(ctx: &SkMsgContext) {
         send_size: size,
         comm: [0; 16],
     };
+    let len = if rest { CHUNK } else { size };
+    // Makes [0, len) one linear run even when it spans scatterlist pages.
+    // SAFETY: `ctx.msg` is the program's context.
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, len, 0) } != 0 {
+        count_loss(LOSS_READ_FAILED);
+        emit_gap_end(&meta, base + u64::from(covered));
+        return;
+    }
     let (data, data_end) = (ctx.data(), ctx.data_end());
     emit_chunk(
         &meta,
@@ -94,4 +93,8 @@ fn capture(ctx: &SkMsgContext) {
         data as *const u8,
         data_end.saturating_sub(data) as u32,
     );
+    if rest && !split {
+        count_loss(LOSS_SEND_TRUNCATED);
+        emit_gap_end(&meta, base + u64::from(size));
+    }
 }

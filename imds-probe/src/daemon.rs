@@ -14,6 +14,7 @@ use crate::{
     attribution::Attributor,
     backend::{self, BackendChoice, read_loss},
     notify::notify,
+    open_connections,
     pipeline::Pipeline,
     sink::{Outputs, Sink},
 };
@@ -62,6 +63,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // as it lives, and the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
+    // After attaching, so that every connection is either enrolled or in the scan.
+    pipeline.report_open_connections(&open_connections::scan(), backend);
     notify("READY=1").context("sd_notify READY=1")?;
     tracing::info!(%backend, log_file = ?options.log_file, "capturing IMDS requests");
 

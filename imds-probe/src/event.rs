@@ -9,12 +9,8 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    attribution::{Attribution, ParentJson, ProcessJson, cgroup_path::Container},
-    backend::Backend,
-    classify::Class,
-    http::RequestHead,
-    loss::LossCounts,
-    reassembly::UnknownReason,
+    attribution::Attribution, backend::Backend, classify::Class, http::RequestHead,
+    loss::LossCounts, reassembly::UnknownReason,
 };
 
 #[derive(Debug, Serialize)]
@@ -34,13 +30,9 @@ pub struct RequestEvent {
     pub backend: Backend,
     /// The kernel's socket cookie: ties the requests of one connection together.
     pub connection: u64,
-    pub process: ProcessJson,
-    /// From the parent up to pid 1, nearest first.
-    pub parents: Vec<ParentJson>,
-    /// The sender's cgroup v2 path, e.g. "/system.slice/nginx.service".
-    pub cgroup: Option<String>,
-    pub systemd_unit: Option<String>,
-    pub container: Option<Container>,
+    /// `process`, `parents`, `cgroup`, `systemd_unit`, `container`.
+    #[serde(flatten)]
+    pub who: Attribution,
 }
 
 /// What a request event needs besides the request itself.
@@ -90,13 +82,29 @@ impl RequestEvent {
             socket_family: ctx.remote.family,
             backend: ctx.backend,
             connection: ctx.connection,
-            process: ctx.who.process,
-            parents: ctx.who.parents,
-            cgroup: ctx.who.cgroup,
-            systemd_unit: ctx.who.systemd_unit,
-            container: ctx.who.container,
+            who: ctx.who,
         }
     }
+}
+
+/// A connection to the IMDS that was already open when capture started (see
+/// `open_connections`), and a process holding it.
+#[derive(Debug, Serialize)]
+pub struct OpenConnectionEvent {
+    pub ts: Timestamp,
+    pub event: &'static str,
+    pub backend: Backend,
+    /// Whether the backend sees this connection's later sends: the send hooks do (a request
+    /// in flight may come out `unknown`); sk_msg does not.
+    pub watched: bool,
+    pub remote: String,
+    pub socket_family: &'static str,
+    #[serde(flatten)]
+    pub who: Attribution,
+}
+
+impl OpenConnectionEvent {
+    pub const NAME: &'static str = "connection_open_at_start";
 }
 
 #[derive(Debug, Serialize)]

@@ -13,6 +13,7 @@ pub mod event;
 pub mod http;
 pub mod loss;
 pub mod notify;
+pub mod open_connections;
 pub mod pipeline;
 pub mod reassembly;
 pub mod redact;

@@ -12,8 +12,9 @@ use crate::{
     backend::Backend,
     classify::classify,
     connections::{Connection, ConnectionTable, MAX_CONNECTIONS, StreamOffsets},
-    event::{Clock, Context, LossEvent, Remote, RequestEvent},
+    event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
     loss::LossCounts,
+    open_connections::Scan,
     reassembly::{Item, RequestStream, UnknownReason},
     sink::{Offer, Sink},
     wire::Record,
@@ -151,6 +152,12 @@ impl Pipeline {
         self.out.report_loss(kernel);
     }
 
+    /// One event per IMDS connection that was open before capture started, and a warning in
+    /// the log where the backend will not see their requests.
+    pub fn report_open_connections(&mut self, scan: &Scan, backend: Backend) {
+        self.out.report_open_connections(scan, backend);
+    }
+
     /// The daemon is stopping: heads still in flight become `unknown`.
     pub fn finish(&mut self) {
         let now = monotonic_ns();
@@ -199,6 +206,42 @@ impl Emitter {
                 self.counts.output_errors += 1;
                 tracing::error!("serialising an event failed: {e}");
             }
+        }
+    }
+
+    fn report_open_connections(&mut self, scan: &Scan, backend: Backend) {
+        let watched = backend.sees_connections_open_before_start();
+        for open in &scan.connections {
+            let remote = Remote::new(open.socket.remote, open.socket.port, open.socket.family);
+            let event = OpenConnectionEvent {
+                ts: self.clock.now(),
+                event: OpenConnectionEvent::NAME,
+                backend,
+                watched,
+                remote: remote.endpoint,
+                socket_family: remote.family,
+                who: self.who.describe_pid(open.pid, &self.clock),
+            };
+            self.write(&event);
+        }
+        let count = scan.connections.len() + scan.not_reported;
+        if count == 0 {
+            return;
+        }
+        if watched {
+            tracing::info!(
+                count,
+                %backend,
+                "connections to the IMDS were open before capture started; their next sends are seen, a request in flight may come out unknown (events: {})",
+                OpenConnectionEvent::NAME
+            );
+        } else {
+            tracing::warn!(
+                count,
+                %backend,
+                "connections to the IMDS were open before capture started and this backend does not see their requests; events {} name their processes: restart them, or run with --backend fentry",
+                OpenConnectionEvent::NAME
+            );
         }
     }
 

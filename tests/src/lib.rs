@@ -219,10 +219,16 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(mode: &str, extra_listen: &[&str]) -> Option<Self> {
+        Self::with_daemon_args(mode, extra_listen, &[])
+    }
+
+    /// As `new`, with more arguments for `imds-probe run`.
+    pub fn with_daemon_args(mode: &str, extra_listen: &[&str], args: &[&str]) -> Option<Self> {
         if !require_root() {
             return None;
         }
-        let daemon = Daemon::start(&["--backend", &backend().0]);
+        let backend = backend().0;
+        let daemon = Daemon::start(&[&["--backend", backend.as_str()], args].concat());
         let ns = Netns::new();
         let imds = ns.fake_imds(mode, extra_listen);
         Some(Self { ns, imds, daemon })
@@ -396,16 +402,22 @@ impl Daemon {
         matching(&events)
     }
 
-    /// Proves a negative with a marker: `marker_pid`'s events arrive after anything `pid`
-    /// could have produced (the ring buffer is ordered), so none from `pid` by then means none.
+    /// Proves a negative with a marker: `marker_pid`'s requests arrive after anything `pid`
+    /// could have sent (the ring buffer is ordered), so no request from `pid` by then means none.
     pub fn assert_none_from(&self, pid: u32, marker_pid: u32) {
-        let events = self.requests_from(marker_pid, 1);
-        let _ = events;
-        let all = self.events.0.lock().unwrap().clone();
-        let from_pid: Vec<_> = all.iter().filter(|e| e["process"]["pid"] == pid).collect();
+        self.requests_from(marker_pid, 1);
+        let from_pid: Vec<_> = self
+            .events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "imds_request" && e["process"]["pid"] == pid)
+            .cloned()
+            .collect();
         assert!(
             from_pid.is_empty(),
-            "expected no events from pid {pid}, got {from_pid:#?}"
+            "expected no requests from pid {pid}, got {from_pid:#?}"
         );
     }
 

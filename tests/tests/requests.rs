@@ -1,7 +1,12 @@
 //! Every kind of request the first probe must see, classify and attribute, driven by real
 //! clients in a namespace of the test's own, against the real daemon and kernel programs.
 
-use imds_probe_tests::Setup;
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::Stdio,
+};
+
+use imds_probe_tests::{Daemon, Setup};
 use serde_json::Value;
 
 const V1_PATH: &str = "http://169.254.169.254/latest/meta-data/instance-id";
@@ -200,6 +205,33 @@ fn lower_case_headers_and_a_large_header_block() {
 }
 
 #[test]
+fn a_send_beyond_the_capture_limit_is_counted_and_what_follows_is_unknown() {
+    let Some(t) = Setup::with_daemon_args("optional", &[], &["--loss-report-interval", "1"]) else {
+        return;
+    };
+    // One 1 MiB send, far past what any backend copies of one send (sk_msg 128 KiB, the send
+    // hooks 64 KiB): a request with a body, and a v1 request behind it. A send buffer large
+    // enough to take it whole keeps the kernel from handing it over in small pieces.
+    let pid = t.ns.python(&py(
+        "v4",
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)\n\
+         body = b'x' * (1 << 20)\n\
+         s.sendall(b'PUT /big HTTP/1.1\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body \
+         + b'GET /after HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
+    ));
+    let events = t.daemon.requests_from(pid, 2);
+    assert_eq!(events[0]["path"], "/big", "{events:#?}");
+    assert_eq!(events[1]["class"], "unknown", "{events:#?}");
+    assert_eq!(events[1]["reason"], "capture_gap");
+    t.daemon
+        .wait_for("send_truncated in a loss event", |events| {
+            events
+                .iter()
+                .any(|e| e["event"] == "loss" && e["total"]["send_truncated"].as_u64() > Some(0))
+        });
+}
+
+#[test]
 fn garbage_and_cut_off_requests_are_unknown_never_v1() {
     let Some(t) = setup() else { return };
     let garbage = t.ns.python(&py("v4", "s.sendall(bytes(range(256)) * 4)"));
@@ -270,4 +302,78 @@ fn io_uring_sends_are_seen() {
     let events = t.daemon.requests_from(pid, 1);
     assert_eq!(events[0]["path"], "/via-io-uring");
     assert_eq!(events[0]["class"], "imdsv1");
+}
+
+#[test]
+fn a_connection_open_before_the_daemon_started_is_reported_with_its_owner() {
+    if !imds_probe_tests::require_root() {
+        return;
+    }
+    let ns = imds_probe_tests::Netns::new();
+    let _imds = ns.fake_imds("optional", &[]);
+    // Connects, says so, and sends only when told: after the daemon has started.
+    let mut client = ns
+        .command("python3")
+        .args([
+            "-c",
+            &py(
+                "v4",
+                "print('connected', flush=True)\nimport sys; sys.stdin.readline()\n\
+                 s.sendall(b'GET /after-start HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
+            ),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = client.id();
+    let mut line = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "connected\n");
+
+    let (backend_cli, backend) = imds_probe_tests::backend();
+    let daemon = Daemon::start(&["--backend", &backend_cli]);
+    let reported = daemon.wait_for("the open connection's report", |events| {
+        events.iter().any(|e| is_open_connection_of(e, pid))
+    });
+    let event = reported
+        .iter()
+        .find(|e| is_open_connection_of(e, pid))
+        .unwrap();
+    let watched = backend != "sk_msg";
+    assert_eq!(event["backend"], backend.as_str());
+    assert_eq!(event["watched"], watched);
+    assert_eq!(event["remote"], "169.254.169.254:80");
+    assert_eq!(event["socket_family"], "ipv4");
+    assert!(
+        event["process"]["exe"]
+            .as_str()
+            .is_some_and(|exe| exe.contains("python")),
+        "{event:#}"
+    );
+
+    if !watched {
+        assert!(
+            daemon.stderr().contains("does not see their requests"),
+            "{}",
+            daemon.stderr()
+        );
+    }
+
+    writeln!(client.stdin.take().unwrap()).unwrap();
+    assert!(client.wait().unwrap().success());
+    if watched {
+        let events = daemon.requests_from(pid, 1);
+        assert_eq!(events[0]["path"], "/after-start");
+        assert_eq!(events[0]["class"], "imdsv1");
+    } else {
+        let (marker, _) = ns.client("curl", &["-sf", V1_PATH]);
+        daemon.assert_none_from(pid, marker);
+    }
+}
+
+fn is_open_connection_of(event: &Value, pid: u32) -> bool {
+    event["event"] == "connection_open_at_start" && event["process"]["pid"] == pid
 }

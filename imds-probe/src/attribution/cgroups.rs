@@ -44,6 +44,22 @@ impl CgroupResolver {
         self.paths.insert(id, path.clone());
         path
     }
+
+    /// The cgroup v2 id of a process, from /proc/<pid>/cgroup: its directory's inode number.
+    pub fn id_of_process(&self, pid: u32) -> Option<u64> {
+        let (root_path, _) = self.root.as_ref()?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = unified_path(&text)?;
+        let dir = root_path.join(path.trim_start_matches('/'));
+        Some(std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(dir).ok()?,
+        ))
+    }
+}
+
+/// The cgroup v2 line of /proc/<pid>/cgroup ("0::/system.slice/x.service") -> its path.
+fn unified_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|line| line.strip_prefix("0::"))
 }
 
 fn open_by_id(root: &File, id: u64) -> Option<OwnedFd> {
@@ -80,6 +96,13 @@ fn relative(root: &Path, target: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unified_line_gives_the_path() {
+        let text = "12:cpu,cpuacct:/x\n1:name=systemd:/init.scope\n0::/system.slice/a.service\n";
+        assert_eq!(unified_path(text), Some("/system.slice/a.service"));
+        assert_eq!(unified_path("1:name=systemd:/\n"), None);
+    }
 
     #[test]
     fn paths_are_relative_to_the_root() {

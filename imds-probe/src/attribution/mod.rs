@@ -17,7 +17,7 @@ use serde::Serialize;
 use self::{
     cgroup_path::Container,
     cgroups::CgroupResolver,
-    process_table::{ExecInfo, ExitInfo, ForkInfo, ProcessRecord, ProcessTable},
+    process_table::{ExecInfo, ExitInfo, ForkInfo, ProcessRecord, ProcessTable, UNKNOWN_ID},
     users::UserNames,
 };
 use crate::event::{Clock, Timestamp};
@@ -85,10 +85,12 @@ pub struct ParentJson {
 }
 
 /// Everything an event says about its sender.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Attribution {
     pub process: ProcessJson,
+    /// From the parent up to pid 1, nearest first.
     pub parents: Vec<ParentJson>,
+    /// The sender's cgroup v2 path, e.g. "/system.slice/nginx.service".
     pub cgroup: Option<String>,
     pub systemd_unit: Option<String>,
     pub container: Option<Container>,
@@ -156,6 +158,25 @@ impl Attributor {
             systemd_unit: parsed.systemd_unit,
             container: parsed.container,
         }
+    }
+
+    /// Describes a process found in /proc rather than seen sending: the kernel's view is
+    /// rebuilt from what /proc says now.
+    pub fn describe_pid(&mut self, pid: u32, clock: &Clock) -> Attribution {
+        let (uid, gid) = self
+            .table
+            .get_or_load(pid)
+            .map_or((UNKNOWN_ID, UNKNOWN_ID), |record| (record.uid, record.gid));
+        let sender = Sender {
+            pid,
+            tid: pid,
+            uid,
+            gid,
+            // Empty: `process_json` takes the table's.
+            comm: String::new(),
+            cgroup_id: self.cgroups.id_of_process(pid).unwrap_or(0),
+        };
+        self.describe(&sender, clock)
     }
 
     fn process_json(

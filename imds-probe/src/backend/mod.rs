@@ -72,6 +72,12 @@ impl Backend {
         !matches!(self, Self::SkMsg)
     }
 
+    /// Whether connections opened before the backend attached are seen from their next
+    /// send: the send hooks see every send; sock_ops enrols sockets only as they connect.
+    pub fn sees_connections_open_before_start(self) -> bool {
+        !matches!(self, Self::SkMsg)
+    }
+
     fn attach(self, ebpf: &mut Ebpf, send_hook_ready: bool) -> Result<(), LoadError> {
         match self {
             Self::SkMsg => sk_msg::attach(ebpf),

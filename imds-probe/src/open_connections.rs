@@ -1,0 +1,256 @@
+//! IMDS connections that were already open when capture started. The sk_msg backend enrols a
+//! socket when it connects, so it never sees these; the send hooks see their next send, but
+//! a request in flight may be cut. Either way the operator is told who holds one, rather than
+//! left to believe the host is quiet. Found in every network namespace's TCP tables, with
+//! their owners from /proc/<pid>/fd: one pass at start-up, bounded.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+};
+
+use imds_probe_common::imds::{AF_INET, AF_INET6, IMDS_PORT, is_imds_addr};
+
+/// Connections reported at most; the rest are counted in the log line.
+pub const MAX_REPORTED: usize = 1024;
+
+/// TCP states in /proc/net/tcp: a socket that could still send a request.
+const ESTABLISHED: u8 = 0x01;
+const CLOSE_WAIT: u8 = 0x08;
+
+/// One socket of a TCP table that is connected to the IMDS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImdsSocket {
+    pub inode: u64,
+    /// IPv6 form; IPv4 mapped.
+    pub remote: [u8; 16],
+    pub port: u16,
+    /// `AF_INET` for /proc/net/tcp, `AF_INET6` for /proc/net/tcp6.
+    pub family: u16,
+}
+
+/// An open IMDS connection and a process holding it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenConnection {
+    pub pid: u32,
+    pub socket: ImdsSocket,
+}
+
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// At most `MAX_REPORTED`, ordered by pid.
+    pub connections: Vec<OpenConnection>,
+    /// Found beyond `MAX_REPORTED`.
+    pub not_reported: usize,
+}
+
+/// Walks /proc: one TCP table pair per network namespace, then every process's descriptors
+/// for the sockets found. Processes and namespaces that vanish meanwhile are skipped.
+pub fn scan() -> Scan {
+    let pids = pids();
+    let mut sockets: HashMap<u64, ImdsSocket> = HashMap::new();
+    let mut namespaces = HashSet::new();
+    for &pid in &pids {
+        let Ok(netns) = fs::read_link(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if !namespaces.insert(netns) {
+            continue;
+        }
+        for (table, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
+            if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+                sockets.extend(imds_sockets(&text, family).map(|s| (s.inode, s)));
+            }
+        }
+    }
+    let mut scan = Scan::default();
+    if sockets.is_empty() {
+        return scan;
+    }
+    for &pid in &pids {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let held: HashSet<u64> = fds
+            .filter_map(|fd| socket_inode(&fs::read_link(fd.ok()?.path()).ok()?.to_string_lossy()))
+            .filter(|inode| sockets.contains_key(inode))
+            .collect();
+        for inode in held {
+            if scan.connections.len() < MAX_REPORTED {
+                scan.connections.push(OpenConnection {
+                    pid,
+                    socket: sockets[&inode].clone(),
+                });
+            } else {
+                scan.not_reported += 1;
+            }
+        }
+    }
+    scan
+}
+
+fn pids() -> Vec<u32> {
+    let mut pids: Vec<u32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// "socket:[12345]" -> 12345.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The rows of a /proc/net/tcp or tcp6 table whose peer is the IMDS and which can still send.
+pub fn imds_sockets(table: &str, family: u16) -> impl Iterator<Item = ImdsSocket> + '_ {
+    table.lines().skip(1).filter_map(move |line| {
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (remote, port) = endpoint(fields.get(2)?)?;
+        let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+        let inode = fields.get(9)?.parse().ok()?;
+        let socket = ImdsSocket {
+            inode,
+            remote,
+            port,
+            family,
+        };
+        ((state == ESTABLISHED || state == CLOSE_WAIT)
+            && port == IMDS_PORT
+            && is_imds_addr(&remote)
+            && inode != 0)
+            .then_some(socket)
+    })
+}
+
+/// "FEA9FEA9:0050" or 32 hex digits and a port. The kernel prints each 32-bit word of the
+/// address (network order in memory) as a native-endian number, so `to_ne_bytes` restores
+/// the memory order on any host.
+fn endpoint(text: &str) -> Option<([u8; 16], u16)> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| {
+        addr.get(i * 8..i * 8 + 8)
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .map(u32::to_ne_bytes)
+    };
+    let mut bytes = [0u8; 16];
+    match addr.len() {
+        8 => {
+            bytes[10] = 0xff;
+            bytes[11] = 0xff;
+            bytes[12..].copy_from_slice(&word(0)?);
+        }
+        32 => {
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+        }
+        _ => return None,
+    }
+    Some((bytes, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// How the kernel prints an address: each 32-bit word of the in-memory (network order)
+    /// address as a native-endian number.
+    fn kernel_hex(bytes: &[u8]) -> String {
+        bytes
+            .chunks(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes(w.try_into().unwrap())))
+            .collect()
+    }
+
+    fn row(remote: &str, state: &str, inode: u64) -> String {
+        format!(
+            "   0: {}:9C40 {remote} {state} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000 20 4 30 10 -1",
+            kernel_hex(&[10, 0, 0, 5])
+        )
+    }
+
+    fn table(rows: &[String]) -> String {
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
+        std::iter::once(header.to_owned())
+            .chain(rows.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn v4(addr: Ipv4Addr, port: u16) -> String {
+        format!("{}:{port:04X}", kernel_hex(&addr.octets()))
+    }
+
+    fn v6(addr: Ipv6Addr, port: u16) -> String {
+        format!("{}:{port:04X}", kernel_hex(&addr.octets()))
+    }
+
+    const IMDS4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+    const IMDS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
+    #[test]
+    fn established_and_close_wait_connections_to_the_imds_are_found() {
+        let text = table(&[
+            row(&v4(IMDS4, 80), "01", 11),
+            row(&v4(IMDS4, 80), "08", 12),
+            // Gone or going: cannot send another request.
+            row(&v4(IMDS4, 80), "06", 13),
+            // Not yet connected: sock_ops enrols it when it is.
+            row(&v4(IMDS4, 80), "02", 14),
+            row(&v4(IMDS4, 8080), "01", 15),
+            row(&v4(Ipv4Addr::new(169, 254, 169, 253), 80), "01", 16),
+            // A listener's unconnected peer.
+            row(&v4(Ipv4Addr::UNSPECIFIED, 0), "0A", 17),
+        ]);
+        let found: Vec<u64> = imds_sockets(&text, AF_INET).map(|s| s.inode).collect();
+        assert_eq!(found, [11, 12]);
+        let socket = imds_sockets(&text, AF_INET).next().unwrap();
+        assert_eq!(Ipv6Addr::from(socket.remote).to_ipv4_mapped(), Some(IMDS4));
+        assert_eq!((socket.port, socket.family), (80, AF_INET));
+    }
+
+    #[test]
+    fn ipv6_and_mapped_peers_in_tcp6_are_found() {
+        let text = table(&[
+            row(&v6(IMDS6, 80), "01", 21),
+            row(&v6(IMDS4.to_ipv6_mapped(), 80), "01", 22),
+            row(&v6(Ipv6Addr::LOCALHOST, 80), "01", 23),
+        ]);
+        let found: Vec<_> = imds_sockets(&text, AF_INET6)
+            .map(|s| (s.inode, Ipv6Addr::from(s.remote)))
+            .collect();
+        assert_eq!(found, [(21, IMDS6), (22, IMDS4.to_ipv6_mapped())]);
+    }
+
+    #[test]
+    fn socket_links_name_their_inode() {
+        assert_eq!(socket_inode("socket:[4026532]"), Some(4026532));
+        assert_eq!(socket_inode("pipe:[4026532]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_line_parses_without_panic(line in ".{0,200}") {
+            let _ = imds_sockets(&format!("header\n{line}"), AF_INET).count();
+        }
+
+        #[test]
+        fn printed_addresses_read_back(octets in any::<[u8; 16]>(), port in any::<u16>()) {
+            let addr = Ipv6Addr::from(octets);
+            prop_assert_eq!(endpoint(&v6(addr, port)), Some((octets, port)));
+        }
+    }
+}
