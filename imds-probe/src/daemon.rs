@@ -63,8 +63,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // as it lives, and the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
-    // After attaching, so that every connection is either enrolled or in the scan.
-    pipeline.report_open_connections(&open_connections::scan(), backend);
+    // After attaching, so that every connection is either enrolled or in the scan. Off the
+    // start-up path: each /proc/<pid>/net/tcp read walks the kernel's whole established hash
+    // (4.5 ms per table on a 24 GiB host, whatever it holds), once per network namespace.
+    let mut open_scan = Some(tokio::task::spawn_blocking(open_connections::scan));
     notify("READY=1").context("sd_notify READY=1")?;
     tracing::info!(%backend, log_file = ?options.log_file, "capturing IMDS requests");
 
@@ -80,6 +82,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
             }
             _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline),
             _ = loss_tick.tick() => pipeline.report_loss(read_loss(&loss)),
+            scan = async { open_scan.as_mut().unwrap().await }, if open_scan.is_some() => {
+                open_scan = None;
+                match scan {
+                    Ok(scan) => pipeline.report_open_connections(&scan, backend),
+                    Err(error) => tracing::error!(%error, "scanning for connections open before start failed"),
+                }
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
