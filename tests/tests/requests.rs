@@ -377,3 +377,26 @@ fn a_connection_open_before_the_daemon_started_is_reported_with_its_owner() {
 fn is_open_connection_of(event: &Value, pid: u32) -> bool {
     event["event"] == "connection_open_at_start" && event["process"]["pid"] == pid
 }
+
+/// Every kernel of the test matrix (and the development host) has cgroup v2 and loads
+/// `sk_msg`, the first backend `auto` tries: so `auto` must pick it, and say so. Whatever
+/// backend the pass is for.
+#[test]
+fn auto_picks_sk_msg_where_it_attaches_and_names_it() {
+    if !imds_probe_tests::require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&["--backend", "auto"]);
+    let ns = imds_probe_tests::Netns::new();
+    let _imds = ns.fake_imds("optional", &[]);
+    let (pid, _) = ns.client("curl", &["-sf", V1_PATH]);
+    let events = daemon.requests_from(pid, 1);
+    assert_eq!(events[0]["backend"], "sk_msg");
+    assert!(
+        daemon
+            .stderr()
+            .contains("programs attached backend=sk_msg choice=Auto"),
+        "{}",
+        daemon.stderr()
+    );
+}
