@@ -9,7 +9,8 @@ pub const LOSS_RING_BUFFER_SEND: u32 = 0;
 pub const LOSS_RING_BUFFER_CLOSE: u32 = 1;
 /// A send was larger than `MAX_CHUNKS_PER_SEND` chunks; the tail was not captured.
 pub const LOSS_SEND_TRUNCATED: u32 = 2;
-/// A new IMDS connection could not be tracked (socket hash or offset table full).
+/// A new IMDS connection could not be tracked (socket hash or hooked-socket table full, or
+/// its socket storage could not be allocated).
 pub const LOSS_CONNECTION_UNTRACKED: u32 = 3;
 
 /// Reading a send's bytes failed; the chunk was dropped.
