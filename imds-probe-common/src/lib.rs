@@ -9,3 +9,4 @@ pub mod loss;
 pub mod process;
 pub mod record;
 pub mod send;
+pub mod socket_state;

@@ -9,7 +9,10 @@ use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     helpers::generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
 };
-use imds_probe_common::imds::{AF_INET, AF_INET6, IMDS_PORT, is_imds_addr};
+use imds_probe_common::{
+    imds::{AF_INET, AF_INET6, IMDS_PORT, is_imds_addr},
+    socket_state::ConnState,
+};
 
 use crate::maps::conn_state_map;
 
@@ -92,18 +95,6 @@ impl Peer {
             && (self.family == AF_INET || self.family == AF_INET6)
             && is_imds_addr(&self.addr)
     }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ConnState {
-    pub cookie: u64,
-    /// Bytes sent on the connection so far.
-    pub offset: u64,
-    /// Index of the next chunk of the message being walked: non-zero only while the kernel
-    /// re-runs `sk_msg` on the rest of a message it was asked to split.
-    pub next_chunk: u32,
-    pub _pad: u32,
 }
 
 /// The state of an enrolled socket.

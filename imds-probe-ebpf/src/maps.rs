@@ -8,9 +8,9 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{HashMap, PerCpuArray, RingBuf, SockHash},
 };
-use imds_probe_common::{loss::LOSS_COUNTERS, record::RING_BUFFER_BYTES, send::MAX_CONNECTIONS};
-
-use crate::conn::ConnState;
+use imds_probe_common::{
+    loss::LOSS_COUNTERS, record::RING_BUFFER_BYTES, send::MAX_CONNECTIONS, socket_state::ConnState,
+};
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);

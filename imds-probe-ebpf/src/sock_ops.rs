@@ -14,10 +14,12 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use imds_probe_common::{loss::LOSS_CONNECTION_UNTRACKED, send::BACKEND_SK_MSG};
+use imds_probe_common::{
+    loss::LOSS_CONNECTION_UNTRACKED, send::BACKEND_SK_MSG, socket_state::ConnState,
+};
 
 use crate::{
-    conn::{self, ConnState, Peer, RawPeer},
+    conn::{self, Peer, RawPeer},
     emit::emit_close,
     maps::{IMDS_SOCKETS, count_loss},
 };
@@ -62,13 +64,8 @@ fn on_established(ctx: &SockOpsContext) {
         count_loss(LOSS_CONNECTION_UNTRACKED);
         return;
     };
-    let mut initial = ConnState {
-        // SAFETY: `ctx.ops` is the program's own context pointer.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.ops.cast()) },
-        offset: 0,
-        next_chunk: 0,
-        _pad: 0,
-    };
+    // SAFETY: `ctx.ops` is the program's own context pointer.
+    let mut initial = ConnState::new(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
     if conn::enrol(sk, &mut initial).is_none() {
         count_loss(LOSS_CONNECTION_UNTRACKED);
         return;

@@ -51,7 +51,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     let backend::Probe {
         backend,
-        ebpf,
+        mut ebpf,
         ring,
         loss,
     } = backend::start(options.backend)?;
@@ -85,7 +85,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
             scan = async { open_scan.as_mut().unwrap().await }, if open_scan.is_some() => {
                 open_scan = None;
                 match scan {
-                    Ok(scan) => pipeline.report_open_connections(&scan, backend),
+                    Ok(scan) => {
+                        let watched = backend.watch_open(&mut ebpf, &scan.connections);
+                        pipeline.report_open_connections(&scan, backend, &watched);
+                    }
                     Err(error) => tracing::error!(%error, "scanning for connections open before start failed"),
                 }
             }

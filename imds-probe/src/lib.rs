@@ -15,6 +15,7 @@ pub mod loss;
 pub mod notify;
 pub mod open_connections;
 pub mod pipeline;
+pub mod process_fd;
 pub mod reassembly;
 pub mod redact;
 pub mod sink;

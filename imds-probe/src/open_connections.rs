@@ -11,8 +11,9 @@ use std::{
 
 use imds_probe_common::imds::{AF_INET, AF_INET6, IMDS_PORT, is_imds_addr};
 
-/// Connections reported at most; the rest are counted in the log line.
-pub const MAX_REPORTED: usize = 1024;
+/// Connections reported (and, for sk_msg, enrolled) at most: as many as the kernel side
+/// tracks. The rest are counted in the log.
+pub const MAX_REPORTED: usize = imds_probe_common::send::MAX_CONNECTIONS as usize;
 
 /// TCP states in /proc/net/tcp: a socket that could still send a request.
 const ESTABLISHED: u8 = 0x01;
@@ -33,6 +34,8 @@ pub struct ImdsSocket {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenConnection {
     pub pid: u32,
+    /// The process's descriptor for the socket.
+    pub fd: i32,
     pub socket: ImdsSocket,
 }
 
@@ -71,14 +74,27 @@ pub fn scan() -> Scan {
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
-        let held: HashSet<u64> = fds
-            .filter_map(|fd| socket_inode(&fs::read_link(fd.ok()?.path()).ok()?.to_string_lossy()))
-            .filter(|inode| sockets.contains_key(inode))
-            .collect();
-        for inode in held {
+        // One descriptor per socket: a process may hold several for the same one.
+        let mut held: HashMap<u64, i32> = HashMap::new();
+        for entry in fds.flatten() {
+            let fd = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse().ok());
+            let inode = fs::read_link(entry.path())
+                .ok()
+                .and_then(|link| socket_inode(&link.to_string_lossy()));
+            if let (Some(fd), Some(inode)) = (fd, inode)
+                && sockets.contains_key(&inode)
+            {
+                held.entry(inode).or_insert(fd);
+            }
+        }
+        for (inode, fd) in held {
             if scan.connections.len() < MAX_REPORTED {
                 scan.connections.push(OpenConnection {
                     pid,
+                    fd,
                     socket: sockets[&inode].clone(),
                 });
             } else {

@@ -2,7 +2,10 @@
 //! classify -> attribute -> queue for the sinks. Synchronous and single-threaded: the order
 //! of records is the order of sends, and nothing here waits on I/O except /proc reads.
 
-use std::hash::{BuildHasher, RandomState};
+use std::{
+    collections::HashSet,
+    hash::{BuildHasher, RandomState},
+};
 
 use crate::{
     attribution::{
@@ -14,7 +17,7 @@ use crate::{
     connections::{Connection, ConnectionTable, MAX_CONNECTIONS, StreamOffsets},
     event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
     loss::LossCounts,
-    open_connections::Scan,
+    open_connections::{MAX_REPORTED, Scan},
     reassembly::{Item, RequestStream, UnknownReason},
     sink::{Offer, Sink},
     wire::Record,
@@ -153,9 +156,14 @@ impl Pipeline {
     }
 
     /// One event per IMDS connection that was open before capture started, and a warning in
-    /// the log where the backend will not see their requests.
-    pub fn report_open_connections(&mut self, scan: &Scan, backend: Backend) {
-        self.out.report_open_connections(scan, backend);
+    /// the log for those the backend does not see (`watched`: the inodes of those it does).
+    pub fn report_open_connections(
+        &mut self,
+        scan: &Scan,
+        backend: Backend,
+        watched: &HashSet<u64>,
+    ) {
+        self.out.report_open_connections(scan, backend, watched);
     }
 
     /// The daemon is stopping: heads still in flight become `unknown`.
@@ -209,37 +217,43 @@ impl Emitter {
         }
     }
 
-    fn report_open_connections(&mut self, scan: &Scan, backend: Backend) {
-        let watched = backend.sees_connections_open_before_start();
+    fn report_open_connections(&mut self, scan: &Scan, backend: Backend, watched: &HashSet<u64>) {
+        let mut unwatched = 0usize;
         for open in &scan.connections {
             let remote = Remote::new(open.socket.remote, open.socket.port, open.socket.family);
             let event = OpenConnectionEvent {
                 ts: self.clock.now(),
                 event: OpenConnectionEvent::NAME,
                 backend,
-                watched,
+                watched: watched.contains(&open.socket.inode),
                 remote: remote.endpoint,
                 socket_family: remote.family,
                 who: self.who.describe_pid(open.pid, &self.clock),
             };
+            unwatched += usize::from(!event.watched);
             self.write(&event);
         }
-        let count = scan.connections.len() + scan.not_reported;
-        if count == 0 {
-            return;
-        }
-        if watched {
+        if !scan.connections.is_empty() {
             tracing::info!(
-                count,
+                count = scan.connections.len() + scan.not_reported,
+                watched = watched.len(),
                 %backend,
-                "connections to the IMDS were open before capture started; their next sends are seen, a request in flight may come out unknown (events: {})",
+                "connections to the IMDS were open before capture started (events: {}); a request in flight on one may come out unknown",
                 OpenConnectionEvent::NAME
             );
-        } else {
+        }
+        if scan.not_reported > 0 {
             tracing::warn!(
-                count,
+                not_reported = scan.not_reported,
+                limit = MAX_REPORTED,
+                "more connections to the IMDS were open before capture started than are reported; the rest are neither reported nor enrolled"
+            );
+        }
+        if unwatched > 0 {
+            tracing::warn!(
+                unwatched,
                 %backend,
-                "connections to the IMDS were open before capture started and this backend does not see their requests; events {} name their processes: restart them, or run with --backend fentry",
+                "connections to the IMDS that were open before capture started are not watched (events {} with watched=false name their processes): restart those processes, or run with --backend fentry",
                 OpenConnectionEvent::NAME
             );
         }

@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::Stdio,
+    process::{Child, Stdio},
 };
 
 use imds_probe_tests::{Daemon, Setup};
@@ -305,46 +305,46 @@ fn io_uring_sends_are_seen() {
 }
 
 #[test]
-fn a_connection_open_before_the_daemon_started_is_reported_with_its_owner() {
+fn connections_open_before_the_daemon_started_are_reported_and_watched() {
     if !imds_probe_tests::require_root() {
         return;
     }
     let ns = imds_probe_tests::Netns::new();
     let _imds = ns.fake_imds("optional", &[]);
-    // Connects, says so, and sends only when told: after the daemon has started.
-    let mut client = ns
-        .command("python3")
-        .args([
-            "-c",
-            &py(
-                "v4",
-                "print('connected', flush=True)\nimport sys; sys.stdin.readline()\n\
-                 s.sendall(b'GET /after-start HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
-            ),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let pid = client.id();
-    let mut line = String::new();
-    BufReader::new(client.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "connected\n");
+    // Connected, and sends only when told: after the daemon has started.
+    let (mut live, live_pid) = waiting_client(
+        &ns,
+        &py(
+            "v4",
+            "print('ready', flush=True)\nimport sys; sys.stdin.readline()\n\
+             s.sendall(b'GET /after-start HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
+        ),
+    );
+    // The server has closed its side (HTTP/1.0), so the socket is in CLOSE_WAIT: it could
+    // still send, but a socket hash takes only established sockets.
+    let (mut half_closed, half_closed_pid) = waiting_client(
+        &ns,
+        "import socket, sys\ns = socket.create_connection(('169.254.169.254', 80))\n\
+         s.sendall(b'GET /before-start HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n')\n\
+         while s.recv(65536): pass\nprint('ready', flush=True)\nsys.stdin.readline()",
+    );
 
     let (backend_cli, backend) = imds_probe_tests::backend();
     let daemon = Daemon::start(&["--backend", &backend_cli]);
-    let reported = daemon.wait_for("the open connection's report", |events| {
-        events.iter().any(|e| is_open_connection_of(e, pid))
+    let reported = daemon.wait_for("both open connections' reports", |events| {
+        [live_pid, half_closed_pid]
+            .iter()
+            .all(|&pid| events.iter().any(|e| is_open_connection_of(e, pid)))
     });
-    let event = reported
-        .iter()
-        .find(|e| is_open_connection_of(e, pid))
-        .unwrap();
-    let watched = backend != "sk_msg";
+    let report = |pid| {
+        reported
+            .iter()
+            .find(|e| is_open_connection_of(e, pid))
+            .unwrap()
+    };
+    let event = report(live_pid);
     assert_eq!(event["backend"], backend.as_str());
-    assert_eq!(event["watched"], watched);
+    assert_eq!(event["watched"], true, "{event:#}");
     assert_eq!(event["remote"], "169.254.169.254:80");
     assert_eq!(event["socket_family"], "ipv4");
     assert!(
@@ -353,25 +353,41 @@ fn a_connection_open_before_the_daemon_started_is_reported_with_its_owner() {
             .is_some_and(|exe| exe.contains("python")),
         "{event:#}"
     );
+    // Only sk_msg needs the socket hash; the send hooks see every socket.
+    let half_closed_watched = backend != "sk_msg";
+    assert_eq!(report(half_closed_pid)["watched"], half_closed_watched);
+    assert_eq!(
+        daemon.stderr().contains("are not watched"),
+        !half_closed_watched,
+        "{}",
+        daemon.stderr()
+    );
 
-    if !watched {
-        assert!(
-            daemon.stderr().contains("does not see their requests"),
-            "{}",
-            daemon.stderr()
-        );
-    }
+    writeln!(live.stdin.take().unwrap()).unwrap();
+    assert!(live.wait().unwrap().success());
+    let events = daemon.requests_from(live_pid, 1);
+    assert_eq!(events[0]["path"], "/after-start");
+    assert_eq!(events[0]["class"], "imdsv1");
+    drop(half_closed.stdin.take());
+    assert!(half_closed.wait().unwrap().success());
+}
 
-    writeln!(client.stdin.take().unwrap()).unwrap();
-    assert!(client.wait().unwrap().success());
-    if watched {
-        let events = daemon.requests_from(pid, 1);
-        assert_eq!(events[0]["path"], "/after-start");
-        assert_eq!(events[0]["class"], "imdsv1");
-    } else {
-        let (marker, _) = ns.client("curl", &["-sf", V1_PATH]);
-        daemon.assert_none_from(pid, marker);
-    }
+/// Starts Python `code` in the namespace and waits for it to print "ready".
+fn waiting_client(ns: &imds_probe_tests::Netns, code: &str) -> (Child, u32) {
+    let mut child = ns
+        .command("python3")
+        .args(["-c", code])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id();
+    (child, pid)
 }
 
 fn is_open_connection_of(event: &Value, pid: u32) -> bool {

@@ -5,7 +5,7 @@ pub mod process_events;
 pub mod send_hook;
 pub mod sk_msg;
 
-use std::fmt;
+use std::{collections::HashSet, fmt};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -18,7 +18,7 @@ use imds_probe_common::{
     send::{BACKEND_FENTRY, BACKEND_KPROBE, BACKEND_SK_MSG},
 };
 
-use crate::{btf_offsets::Btf, system::SystemError};
+use crate::{btf_offsets::Btf, open_connections::OpenConnection, system::SystemError};
 
 /// The kernel object with every program, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-probe"));
@@ -27,7 +27,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/im
 pub enum BackendChoice {
     /// The first of sk-msg, fentry, kprobe that loads and attaches here.
     Auto,
-    /// Cgroup sock_ops + sk_msg: no cost on other traffic; sees connections made after start.
+    /// Cgroup sock_ops + sk_msg: no cost on other traffic; connections open at start are
+    /// enrolled from user space.
     SkMsg,
     /// fentry on tcp_sendmsg: sees every connection, also those open before start.
     Fentry,
@@ -72,10 +73,14 @@ impl Backend {
         !matches!(self, Self::SkMsg)
     }
 
-    /// Whether connections opened before the backend attached are seen from their next
-    /// send: the send hooks see every send; sock_ops enrols sockets only as they connect.
-    pub fn sees_connections_open_before_start(self) -> bool {
-        !matches!(self, Self::SkMsg)
+    /// Makes the backend watch connections that were open before it attached, where it
+    /// does not already; returns the inodes of the sockets whose later sends it sees.
+    pub fn watch_open(self, ebpf: &mut Ebpf, connections: &[OpenConnection]) -> HashSet<u64> {
+        match self {
+            Self::SkMsg => sk_msg::enrol_open(ebpf, connections),
+            // The send hooks see every send on every socket.
+            Self::Fentry | Self::Kprobe => connections.iter().map(|c| c.socket.inode).collect(),
+        }
     }
 
     fn attach(self, ebpf: &mut Ebpf, send_hook_ready: bool) -> Result<(), LoadError> {

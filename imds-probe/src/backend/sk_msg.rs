@@ -2,33 +2,60 @@
 //! connection to the IMDS into a sockhash, and an `sk_msg` program attached to that sockhash
 //! sees each send on those sockets, in the sender's context. Other TCP sockets never run the
 //! `sk_msg` program, so their sends pay nothing; `sock_ops` runs only at connection set-up.
-//! It misses connections opened before it attached.
+//! Connections opened before it attached are enrolled from user space (`enrol_open`).
 
-use std::fs::File;
+use std::{
+    collections::HashSet,
+    fs::File,
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+};
 
 use aya::{
     Ebpf,
-    maps::SockHash,
+    maps::{MapData, MapError, SkStorage, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps},
 };
+use imds_probe_common::socket_state::{ConnState, IMDS_SOCKETS_MAP, SOCKET_STATE_MAP};
 
 use super::{LoadError, program, program_error};
-use crate::system;
+use crate::{open_connections::OpenConnection, process_fd, system};
 
 const SOCK_OPS: &str = "imds_sock_ops";
 const SK_MSG: &str = "imds_sk_msg";
-const SOCKHASH: &str = "IMDS_SOCKETS";
+/// Fail rather than replace: a socket already enrolled keeps its state and offset.
+const BPF_NOEXIST: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    #[error("taking a duplicate of the socket from its process: {0}")]
+    Duplicate(#[source] io::Error),
+    #[error("the descriptor no longer holds the socket found by the scan")]
+    Replaced,
+    #[error("reading the socket cookie (SO_COOKIE): {0}")]
+    Cookie(#[source] io::Error),
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let sockhash_fd = {
-        let map = ebpf.map(SOCKHASH).ok_or(LoadError::MissingMap(SOCKHASH))?;
+        let map = ebpf
+            .map(IMDS_SOCKETS_MAP)
+            .ok_or(LoadError::MissingMap(IMDS_SOCKETS_MAP))?;
         let sockhash: SockHash<_, u64> =
             SockHash::try_from(map).map_err(|source| LoadError::Map {
-                name: SOCKHASH,
+                name: IMDS_SOCKETS_MAP,
                 source,
             })?;
         sockhash.fd().try_clone().map_err(|e| LoadError::Map {
-            name: SOCKHASH,
+            name: IMDS_SOCKETS_MAP,
             source: e.into(),
         })?
     };
@@ -49,4 +76,88 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         .attach(cgroup, CgroupAttachMode::Single)
         .map_err(program_error(SOCK_OPS, "attach"))?;
     Ok(())
+}
+
+/// Enrols the connections a start-up scan found, as sock_ops enrols new ones; returns the
+/// inodes of the sockets now watched. Each failure is logged with its reason: a socket in
+/// CLOSE_WAIT, for one, cannot join a socket hash. sock_ops never saw these sockets, so it
+/// cannot ask for their close callback: their close is not reported, and a request cut off by
+/// it shows up when the daemon stops instead.
+pub fn enrol_open(ebpf: &mut Ebpf, connections: &[OpenConnection]) -> HashSet<u64> {
+    let mut watched = HashSet::new();
+    for open in connections {
+        // Several processes may hold one socket: it is enrolled once.
+        if watched.contains(&open.socket.inode) {
+            continue;
+        }
+        match enrol_held(ebpf, open) {
+            Ok(()) => {
+                watched.insert(open.socket.inode);
+            }
+            Err(error) => tracing::warn!(
+                pid = open.pid,
+                fd = open.fd,
+                %error,
+                "cannot watch a connection to the IMDS that was open before start"
+            ),
+        }
+    }
+    watched
+}
+
+fn enrol_held(ebpf: &mut Ebpf, open: &OpenConnection) -> Result<(), EnrolError> {
+    let socket = process_fd::duplicate(open.pid, open.fd).map_err(EnrolError::Duplicate)?;
+    // The owner may have closed the descriptor and reused its number since the scan.
+    let inode = nix::sys::stat::fstat(socket.as_raw_fd())
+        .map_err(|e| EnrolError::Duplicate(e.into()))?
+        .st_ino;
+    if inode != open.socket.inode {
+        return Err(EnrolError::Replaced);
+    }
+    enrol(ebpf, &socket)
+}
+
+/// Gives `socket` its state, then adds it to the socket hash, the order sock_ops follows.
+fn enrol(ebpf: &mut Ebpf, socket: &OwnedFd) -> Result<(), EnrolError> {
+    let cookie = socket_cookie(socket).map_err(EnrolError::Cookie)?;
+    let map_error = |name| move |source| EnrolError::Map { name, source };
+    let mut states: SkStorage<&mut MapData, ConnState> = map(ebpf, SOCKET_STATE_MAP)?;
+    states
+        .insert(socket, ConnState::new(cookie), BPF_NOEXIST)
+        .map_err(map_error(SOCKET_STATE_MAP))?;
+    let mut sockets: SockHash<&mut MapData, u64> = map(ebpf, IMDS_SOCKETS_MAP)?;
+    if let Err(source) = sockets.insert(cookie, socket.as_raw_fd(), BPF_NOEXIST) {
+        let mut states: SkStorage<&mut MapData, ConnState> = map(ebpf, SOCKET_STATE_MAP)?;
+        let _ = states.remove(socket);
+        return Err(map_error(IMDS_SOCKETS_MAP)(source));
+    }
+    Ok(())
+}
+
+fn map<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, EnrolError>
+where
+    M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(EnrolError::MissingMap(name))?;
+    M::try_from(map).map_err(|source| EnrolError::Map { name, source })
+}
+
+fn socket_cookie(socket: &OwnedFd) -> io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: SO_COOKIE writes a u64 into `cookie`, whose size `len` gives.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if ret == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
