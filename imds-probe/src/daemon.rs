@@ -23,6 +23,10 @@ use crate::{
 /// thousand exec records, far more than even a fork-heavy host makes in this time.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How soon the close of a socket enrolled by the daemon is noticed: a look through the socket
+/// hash's keys, made only while there are such sockets.
+const CLOSE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct RunOptions {
     pub backend: BackendChoice,
     pub log_file: Option<PathBuf>,
@@ -73,6 +77,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut loss_tick = tokio::time::interval(options.loss_report_interval);
     // Process records do not wake us (see the kernel side); this drains them in time.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    // Sockets the daemon enrolled itself, whose close it looks for (see `backend::sk_msg`).
+    let mut enrolled: Vec<u64> = Vec::new();
+    let mut close_tick = tokio::time::interval(CLOSE_CHECK_INTERVAL);
     loop {
         tokio::select! {
             readable = ring.readable_mut() => {
@@ -82,12 +89,20 @@ pub async fn run(options: RunOptions) -> Result<()> {
             }
             _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline),
             _ = loss_tick.tick() => pipeline.report_loss(read_loss(&loss)),
+            _ = close_tick.tick(), if !enrolled.is_empty() => {
+                // The sends before a close are in the ring buffer already: they go first.
+                drain(ring.get_mut(), &mut pipeline);
+                for cookie in backend::sk_msg::closed(&ebpf, &mut enrolled) {
+                    pipeline.closed_unreported(cookie);
+                }
+            }
             scan = async { open_scan.as_mut().unwrap().await }, if open_scan.is_some() => {
                 open_scan = None;
                 match scan {
                     Ok(scan) => {
-                        let watched = backend.watch_open(&mut ebpf, &scan.connections);
-                        pipeline.report_open_connections(&scan, backend, &watched);
+                        let watch = backend.watch_open(&mut ebpf, &scan.connections);
+                        pipeline.report_open_connections(&scan, backend, &watch.inodes);
+                        enrolled = watch.enrolled;
                     }
                     Err(error) => tracing::error!(%error, "scanning for connections open before start failed"),
                 }

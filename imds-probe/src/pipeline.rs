@@ -100,20 +100,7 @@ impl Pipeline {
                     self.out.emit(cookie, &old, ts, &mut self.items);
                 }
             }
-            Ok(Record::Close(close)) => {
-                tracing::debug!(cookie = close.cookie, "close");
-                if let Some(mut connection) = self.connections.remove(close.cookie) {
-                    connection
-                        .stream
-                        .finish(UnknownReason::IncompleteAtClose, &mut self.items);
-                    self.out.emit(
-                        close.cookie,
-                        &connection,
-                        close.header.ts_ns,
-                        &mut self.items,
-                    );
-                }
-            }
+            Ok(Record::Close(close)) => self.close_connection(close.cookie, close.header.ts_ns),
             Ok(Record::Exec(exec)) => {
                 let args = &exec.args[..(exec.args_len as usize).min(exec.args.len())];
                 let filename =
@@ -167,6 +154,23 @@ impl Pipeline {
     }
 
     /// The daemon is stopping: heads still in flight become `unknown`.
+    /// The connection `cookie` closed a moment ago and no program said so: the daemon found
+    /// out itself (`backend::sk_msg::closed`).
+    pub fn closed_unreported(&mut self, cookie: u64) {
+        self.close_connection(cookie, monotonic_ns());
+    }
+
+    /// The connection `cookie` closed at `ts_ns`: a head in flight is `unknown`.
+    fn close_connection(&mut self, cookie: u64, ts_ns: u64) {
+        tracing::debug!(cookie, "close");
+        if let Some(mut connection) = self.connections.remove(cookie) {
+            connection
+                .stream
+                .finish(UnknownReason::IncompleteAtClose, &mut self.items);
+            self.out.emit(cookie, &connection, ts_ns, &mut self.items);
+        }
+    }
+
     pub fn finish(&mut self) {
         let now = monotonic_ns();
         for (cookie, mut connection) in self.connections.drain() {

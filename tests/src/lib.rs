@@ -352,6 +352,22 @@ impl Daemon {
         daemon
     }
 
+    /// Waits until the daemon's own log contains `text`; returns the log.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let log = self.stderr();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {text:?} in the daemon's log:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

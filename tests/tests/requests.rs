@@ -212,13 +212,17 @@ fn a_send_beyond_the_capture_limit_is_counted_and_what_follows_is_unknown() {
     // One 1 MiB send, far past what any backend copies of one send (sk_msg 128 KiB, the send
     // hooks 64 KiB): a request with a body, and a v1 request behind it. A send buffer large
     // enough to take it whole keeps the kernel from handing it over in small pieces.
-    let pid = t.ns.python(&py(
-        "v4",
-        "s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)\n\
+    // It closes without reading the answers: on a socket in a socket hash, a blocking recv
+    // after a send that filled the send buffer can fail with EAGAIN (the kernel's
+    // tcp_bpf_recvmsg, on a write-space wakeup; see the README's known limitations).
+    let pid = t.ns.python(
+        "import socket\ns = socket.create_connection(('169.254.169.254', 80))\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)\n\
          body = b'x' * (1 << 20)\n\
          s.sendall(b'PUT /big HTTP/1.1\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body \
-         + b'GET /after HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
-    ));
+         + b'GET /after HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         s.close()",
+    );
     let events = t.daemon.requests_from(pid, 2);
     assert_eq!(events[0]["path"], "/big", "{events:#?}");
     assert_eq!(events[1]["class"], "unknown", "{events:#?}");
@@ -317,7 +321,8 @@ fn connections_open_before_the_daemon_started_are_reported_and_watched() {
         &py(
             "v4",
             "print('ready', flush=True)\nimport sys; sys.stdin.readline()\n\
-             s.sendall(b'GET /after-start HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
+             s.sendall(b'GET /after-start HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+             s.sendall(b'GET /cut-off-by-the-close HTTP/1.1\\r\\nHost: x\\r\\n')",
         ),
     );
     // The server has closed its side (HTTP/1.0), so the socket is in CLOSE_WAIT: it could
@@ -356,18 +361,21 @@ fn connections_open_before_the_daemon_started_are_reported_and_watched() {
     // Only sk_msg needs the socket hash; the send hooks see every socket.
     let half_closed_watched = backend != "sk_msg";
     assert_eq!(report(half_closed_pid)["watched"], half_closed_watched);
-    assert_eq!(
-        daemon.stderr().contains("are not watched"),
-        !half_closed_watched,
-        "{}",
-        daemon.stderr()
-    );
+    if !half_closed_watched {
+        // With the kernel's reason for the socket.
+        let log = daemon.wait_for_log("are not watched");
+        assert!(log.contains("Operation not supported"), "{log}");
+    }
 
     writeln!(live.stdin.take().unwrap()).unwrap();
     assert!(live.wait().unwrap().success());
-    let events = daemon.requests_from(live_pid, 1);
+    // Its close is seen too, though sock_ops never saw it open (sk_msg: the daemon notices
+    // the socket leave the socket hash).
+    let events = daemon.requests_from(live_pid, 2);
     assert_eq!(events[0]["path"], "/after-start");
     assert_eq!(events[0]["class"], "imdsv1");
+    assert_eq!(events[1]["class"], "unknown");
+    assert_eq!(events[1]["reason"], "incomplete_at_close");
     drop(half_closed.stdin.take());
     assert!(half_closed.wait().unwrap().success());
 }

@@ -74,12 +74,15 @@ impl Backend {
     }
 
     /// Makes the backend watch connections that were open before it attached, where it
-    /// does not already; returns the inodes of the sockets whose later sends it sees.
-    pub fn watch_open(self, ebpf: &mut Ebpf, connections: &[OpenConnection]) -> HashSet<u64> {
+    /// does not already.
+    pub fn watch_open(self, ebpf: &mut Ebpf, connections: &[OpenConnection]) -> OpenWatch {
         match self {
             Self::SkMsg => sk_msg::enrol_open(ebpf, connections),
-            // The send hooks see every send on every socket.
-            Self::Fentry | Self::Kprobe => connections.iter().map(|c| c.socket.inode).collect(),
+            // The send hooks see every send on every socket, and every close.
+            Self::Fentry | Self::Kprobe => OpenWatch {
+                inodes: connections.iter().map(|c| c.socket.inode).collect(),
+                enrolled: Vec::new(),
+            },
         }
     }
 
@@ -91,6 +94,16 @@ impl Backend {
             Self::Kprobe => send_hook::attach_kprobe(ebpf),
         }
     }
+}
+
+/// Which connections open before start a backend watches.
+#[derive(Debug, Default)]
+pub struct OpenWatch {
+    /// Inodes of the sockets whose later sends the backend sees.
+    pub inodes: HashSet<u64>,
+    /// Cookies of the sockets the daemon enrolled itself: no program reports their close, so
+    /// the daemon looks for it (`sk_msg::closed`).
+    pub enrolled: Vec<u64>,
 }
 
 impl fmt::Display for Backend {

@@ -18,7 +18,7 @@ use aya::{
 };
 use imds_probe_common::socket_state::{ConnState, IMDS_SOCKETS_MAP, SOCKET_STATE_MAP};
 
-use super::{LoadError, program, program_error};
+use super::{LoadError, OpenWatch, program, program_error};
 use crate::{open_connections::OpenConnection, process_fd, system};
 
 const SOCK_OPS: &str = "imds_sock_ops";
@@ -26,22 +26,36 @@ const SK_MSG: &str = "imds_sk_msg";
 /// Fail rather than replace: a socket already enrolled keeps its state and offset.
 const BPF_NOEXIST: u64 = 1;
 
+/// Why a connection open at start could not be enrolled. Causes are in `source()`, not in the
+/// message: aya's map errors keep the errno there.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrolError {
-    #[error("taking a duplicate of the socket from its process: {0}")]
+    #[error("taking a duplicate of the socket from its process")]
     Duplicate(#[source] io::Error),
     #[error("the descriptor no longer holds the socket found by the scan")]
     Replaced,
-    #[error("reading the socket cookie (SO_COOKIE): {0}")]
+    #[error("reading the socket cookie (SO_COOKIE)")]
     Cookie(#[source] io::Error),
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: MapError,
     },
+}
+
+/// An error and its causes, as one line.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        line.push_str(": ");
+        line.push_str(&next.to_string());
+        cause = next.source();
+    }
+    line
 }
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
@@ -78,26 +92,24 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Enrols the connections a start-up scan found, as sock_ops enrols new ones; returns the
-/// inodes of the sockets now watched. Each failure is logged with its reason: a socket in
-/// CLOSE_WAIT, for one, cannot join a socket hash. sock_ops never saw these sockets, so it
-/// cannot ask for their close callback: their close is not reported, and a request cut off by
-/// it shows up when the daemon stops instead.
-pub fn enrol_open(ebpf: &mut Ebpf, connections: &[OpenConnection]) -> HashSet<u64> {
-    let mut watched = HashSet::new();
+/// Enrols the connections a start-up scan found, as sock_ops enrols new ones. Each failure is
+/// logged with its reason: a socket in CLOSE_WAIT, for one, cannot join a socket hash.
+pub fn enrol_open(ebpf: &mut Ebpf, connections: &[OpenConnection]) -> OpenWatch {
+    let mut watched = OpenWatch::default();
     for open in connections {
         // Several processes may hold one socket: it is enrolled once.
-        if watched.contains(&open.socket.inode) {
+        if watched.inodes.contains(&open.socket.inode) {
             continue;
         }
         match enrol_held(ebpf, open) {
-            Ok(()) => {
-                watched.insert(open.socket.inode);
+            Ok(cookie) => {
+                watched.inodes.insert(open.socket.inode);
+                watched.enrolled.push(cookie);
             }
             Err(error) => tracing::warn!(
                 pid = open.pid,
                 fd = open.fd,
-                %error,
+                error = with_causes(&error),
                 "cannot watch a connection to the IMDS that was open before start"
             ),
         }
@@ -105,7 +117,24 @@ pub fn enrol_open(ebpf: &mut Ebpf, connections: &[OpenConnection]) -> HashSet<u6
     watched
 }
 
-fn enrol_held(ebpf: &mut Ebpf, open: &OpenConnection) -> Result<(), EnrolError> {
+/// Of the daemon-enrolled sockets in `enrolled`, removes and returns those that closed. sock_ops
+/// never saw them connect, so it could not ask for their close callback; but the kernel takes a
+/// socket out of the socket hash when it closes.
+pub fn closed(ebpf: &Ebpf, enrolled: &mut Vec<u64>) -> Vec<u64> {
+    let Some(Ok(sockets)) = ebpf
+        .map(IMDS_SOCKETS_MAP)
+        .map(SockHash::<&MapData, u64>::try_from)
+    else {
+        return Vec::new();
+    };
+    let present: HashSet<u64> = sockets.keys().filter_map(Result::ok).collect();
+    let (open, closed) = enrolled.iter().partition(|cookie| present.contains(cookie));
+    *enrolled = open;
+    closed
+}
+
+/// Enrols the socket `open` names; returns its cookie.
+fn enrol_held(ebpf: &mut Ebpf, open: &OpenConnection) -> Result<u64, EnrolError> {
     let socket = process_fd::duplicate(open.pid, open.fd).map_err(EnrolError::Duplicate)?;
     // The owner may have closed the descriptor and reused its number since the scan.
     let inode = nix::sys::stat::fstat(socket.as_raw_fd())
@@ -117,8 +146,9 @@ fn enrol_held(ebpf: &mut Ebpf, open: &OpenConnection) -> Result<(), EnrolError> 
     enrol(ebpf, &socket)
 }
 
-/// Gives `socket` its state, then adds it to the socket hash, the order sock_ops follows.
-fn enrol(ebpf: &mut Ebpf, socket: &OwnedFd) -> Result<(), EnrolError> {
+/// Gives `socket` its state, then adds it to the socket hash, the order sock_ops follows;
+/// returns its cookie.
+fn enrol(ebpf: &mut Ebpf, socket: &OwnedFd) -> Result<u64, EnrolError> {
     let cookie = socket_cookie(socket).map_err(EnrolError::Cookie)?;
     let map_error = |name| move |source| EnrolError::Map { name, source };
     let mut states: SkStorage<&mut MapData, ConnState> = map(ebpf, SOCKET_STATE_MAP)?;
@@ -131,7 +161,7 @@ fn enrol(ebpf: &mut Ebpf, socket: &OwnedFd) -> Result<(), EnrolError> {
         let _ = states.remove(socket);
         return Err(map_error(IMDS_SOCKETS_MAP)(source));
     }
-    Ok(())
+    Ok(cookie)
 }
 
 fn map<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, EnrolError>

@@ -7,6 +7,7 @@
 //! packet ever reaches a real instance metadata service.
 
 mod capacity;
+mod clients;
 mod harness;
 mod latency;
 mod overhead;
@@ -70,6 +71,8 @@ enum Which {
     Startup,
     /// The process tracking's cost on a fork-heavy load.
     Processes,
+    /// Errors watched clients get from their own socket calls, by request size.
+    Clients,
     All,
 }
 
@@ -145,6 +148,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Processes,
             Which::Latency,
             Which::Capacity,
+            Which::Clients,
         ],
         ref one => std::slice::from_ref(one),
     };
@@ -156,6 +160,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Latency => latency::run(&ctx)?,
             Which::Capacity => capacity::run(&ctx)?,
             Which::Processes => processes::run(&ctx)?,
+            Which::Clients => clients::run(&ctx)?,
             Which::All => unreachable!("expanded above"),
         }
     }
