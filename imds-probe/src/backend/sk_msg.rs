@@ -15,6 +15,7 @@ use aya::{
     Ebpf,
     maps::{MapData, MapError, SkStorage, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps},
+    sys::SyscallError,
 };
 use imds_probe_common::socket_state::{ConnState, IMDS_SOCKETS_MAP, SOCKET_STATE_MAP};
 
@@ -102,9 +103,12 @@ pub fn enrol_open(ebpf: &mut Ebpf, connections: &[OpenConnection]) -> OpenWatch 
             continue;
         }
         match enrol_held(ebpf, open) {
-            Ok(cookie) => {
+            Ok(Enrolment::ByDaemon(cookie)) => {
                 watched.inodes.insert(open.socket.inode);
                 watched.enrolled.push(cookie);
+            }
+            Ok(Enrolment::BySockOps) => {
+                watched.inodes.insert(open.socket.inode);
             }
             Err(error) => tracing::warn!(
                 pid = open.pid,
@@ -133,8 +137,17 @@ pub fn closed(ebpf: &Ebpf, enrolled: &mut Vec<u64>) -> Vec<u64> {
     closed
 }
 
-/// Enrols the socket `open` names; returns its cookie.
-fn enrol_held(ebpf: &mut Ebpf, open: &OpenConnection) -> Result<u64, EnrolError> {
+/// Who enrolled a socket the scan found.
+enum Enrolment {
+    /// The daemon, just now: no program will report its close. Its cookie.
+    ByDaemon(u64),
+    /// sock_ops: it connected after the programs attached but before the scan read the TCP
+    /// tables, and already has its state.
+    BySockOps,
+}
+
+/// Enrols the socket `open` names.
+fn enrol_held(ebpf: &mut Ebpf, open: &OpenConnection) -> Result<Enrolment, EnrolError> {
     let socket = process_fd::duplicate(open.pid, open.fd).map_err(EnrolError::Duplicate)?;
     // The owner may have closed the descriptor and reused its number since the scan.
     let inode = nix::sys::stat::fstat(socket.as_raw_fd())
@@ -146,22 +159,27 @@ fn enrol_held(ebpf: &mut Ebpf, open: &OpenConnection) -> Result<u64, EnrolError>
     enrol(ebpf, &socket)
 }
 
-/// Gives `socket` its state, then adds it to the socket hash, the order sock_ops follows;
-/// returns its cookie.
-fn enrol(ebpf: &mut Ebpf, socket: &OwnedFd) -> Result<u64, EnrolError> {
+/// Gives `socket` its state, then adds it to the socket hash, the order sock_ops follows.
+fn enrol(ebpf: &mut Ebpf, socket: &OwnedFd) -> Result<Enrolment, EnrolError> {
     let cookie = socket_cookie(socket).map_err(EnrolError::Cookie)?;
     let map_error = |name| move |source| EnrolError::Map { name, source };
     let mut states: SkStorage<&mut MapData, ConnState> = map(ebpf, SOCKET_STATE_MAP)?;
-    states
-        .insert(socket, ConnState::new(cookie), BPF_NOEXIST)
-        .map_err(map_error(SOCKET_STATE_MAP))?;
+    match states.insert(socket, ConnState::new(cookie), BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            return Ok(Enrolment::BySockOps);
+        }
+        Err(source) => return Err(map_error(SOCKET_STATE_MAP)(source)),
+    }
     let mut sockets: SockHash<&mut MapData, u64> = map(ebpf, IMDS_SOCKETS_MAP)?;
     if let Err(source) = sockets.insert(cookie, socket.as_raw_fd(), BPF_NOEXIST) {
         let mut states: SkStorage<&mut MapData, ConnState> = map(ebpf, SOCKET_STATE_MAP)?;
         let _ = states.remove(socket);
         return Err(map_error(IMDS_SOCKETS_MAP)(source));
     }
-    Ok(cookie)
+    Ok(Enrolment::ByDaemon(cookie))
 }
 
 fn map<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, EnrolError>
