@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
 };
 use imds_probe_common::{
-    imds::{AF_INET, AF_INET6, IMDS_PORT, is_imds_addr},
+    imds::{AF_INET, AF_INET6, IMDS_PORT, ipv4_mapped, ipv6_from_words, is_imds_addr},
     socket_state::ConnState,
 };
 
@@ -72,16 +72,11 @@ impl Peer {
     #[inline(always)]
     pub fn new(raw: &RawPeer) -> Self {
         let family = raw.family as u16;
-        let mut addr = [0u8; 16];
-        if family == AF_INET {
-            addr[10] = 0xff;
-            addr[11] = 0xff;
-            addr[12..].copy_from_slice(&raw.ip4.to_ne_bytes());
+        let addr = if family == AF_INET {
+            ipv4_mapped(raw.ip4.to_ne_bytes())
         } else {
-            for (i, word) in raw.ip6.iter().enumerate() {
-                addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-            }
-        }
+            ipv6_from_words(raw.ip6)
+        };
         Self {
             addr,
             port: u32::from_be(raw.port) as u16,

@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use imds_probe_common::{
-    imds::{AF_INET, AF_INET6, IMDS_IPV4, IMDS_PORT, is_imds_addr},
+    imds::{AF_INET, AF_INET6, IMDS_IPV4, IMDS_PORT, ipv4_mapped, is_imds_addr},
     loss::{LOSS_CONNECTION_UNTRACKED, LOSS_SEND_TRUNCATED, LOSS_SEND_UNREADABLE},
     send::{BACKEND_FENTRY, BACKEND_KPROBE, CHUNK_BYTES, MAX_HOOK_CHUNKS, MAX_HOOK_SEGMENTS},
 };
@@ -117,7 +117,8 @@ pub fn imds_kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_sendpage(sk: *const u8, size: u64, backend: u32) {
-    if let Some((meta, seq)) = imds_send(sk, backend, size as u32) {
+    if let Some((mut meta, seq)) = imds_send(sk, backend) {
+        meta.send_size = size as u32;
         mark_lost(&meta, seq, size, LOSS_SEND_UNREADABLE);
     }
 }
@@ -145,10 +146,10 @@ pub fn imds_sock_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The send's metadata and TCP write sequence if `sk` is connected to the IMDS; None for
-/// all other traffic, decided with as few reads as possible.
+/// The send's metadata (`send_size` left for the caller) and TCP write sequence if `sk` is
+/// connected to the IMDS; None for all other traffic, decided with as few reads as possible.
 #[inline(always)]
-fn imds_send(sk: *const u8, backend: u32, send_size: u32) -> Option<(SendMeta, u32)> {
+fn imds_send(sk: *const u8, backend: u32) -> Option<(SendMeta, u32)> {
     if global(&SEND_HOOK_READY) == 0 {
         return None;
     }
@@ -158,25 +159,23 @@ fn imds_send(sk: *const u8, backend: u32, send_size: u32) -> Option<(SendMeta, u
         return None;
     }
     let family: u16 = read(sk, global(&OFF_SKC_FAMILY));
-    let mut remote_addr = [0u8; 16];
-    match family {
+    let remote_addr = match family {
         AF_INET => {
             let addr: [u8; 4] = read(sk, global(&OFF_SKC_DADDR));
             if addr != IMDS_IPV4 {
                 return None;
             }
-            remote_addr[10] = 0xff;
-            remote_addr[11] = 0xff;
-            remote_addr[12..].copy_from_slice(&addr);
+            ipv4_mapped(addr)
         }
         AF_INET6 => {
-            remote_addr = read(sk, global(&OFF_SKC_V6_DADDR));
-            if !is_imds_addr(&remote_addr) {
+            let addr: [u8; 16] = read(sk, global(&OFF_SKC_V6_DADDR));
+            if !is_imds_addr(&addr) {
                 return None;
             }
+            addr
         }
         _ => return None,
-    }
+    };
     let id = sk as u64;
     // SAFETY: a plain map lookup.
     if unsafe { HOOKED_SOCKETS.get(id) }.is_none()
@@ -193,7 +192,7 @@ fn imds_send(sk: *const u8, backend: u32, send_size: u32) -> Option<(SendMeta, u
         remote_addr,
         remote_port: IMDS_PORT,
         family,
-        send_size,
+        send_size: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     Some((meta, read(sk, global(&OFF_TCP_WRITE_SEQ))))
@@ -209,14 +208,13 @@ fn mark_lost(meta: &SendMeta, seq: u32, size: u64, loss: u32) {
 
 #[inline(always)]
 fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
-    let count: u64 = read(
-        msg.wrapping_add(global(&OFF_MSGHDR_ITER) as usize),
-        global(&OFF_ITER_COUNT),
-    );
-    let Some((meta, seq)) = imds_send(sk, backend, count as u32) else {
+    // Nothing of the message is read before the filter has passed: other sends pay only it.
+    let Some((mut meta, seq)) = imds_send(sk, backend) else {
         return;
     };
     let iter = msg.wrapping_add(global(&OFF_MSGHDR_ITER) as usize);
+    let count: u64 = read(iter, global(&OFF_ITER_COUNT));
+    meta.send_size = count as u32;
     let iter_type = if global(&ITER_TYPE_BYTES) == 1 {
         u32::from(read::<u8>(iter, global(&OFF_ITER_TYPE)))
     } else {

@@ -94,8 +94,9 @@ pub struct OpenConnectionEvent {
     pub ts: Timestamp,
     pub event: &'static str,
     pub backend: Backend,
-    /// Whether the backend sees this connection's later sends: the send hooks do (a request
-    /// in flight may come out `unknown`); sk_msg does not.
+    /// Whether the backend sees this connection's later sends: the send hooks always do;
+    /// sk_msg where the daemon could enrol the socket. A request in flight at the start may
+    /// come out `unknown`.
     pub watched: bool,
     pub remote: String,
     pub socket_family: &'static str,

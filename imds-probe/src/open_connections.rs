@@ -1,15 +1,19 @@
-//! IMDS connections that were already open when capture started. The sk_msg backend enrols a
-//! socket when it connects, so it never sees these; the send hooks see their next send, but
-//! a request in flight may be cut. Either way the operator is told who holds one, rather than
-//! left to believe the host is quiet. Found in every network namespace's TCP tables, with
-//! their owners from /proc/<pid>/fd: one pass at start-up, bounded.
+//! IMDS connections that were already open when capture started. sock_ops enrols a socket
+//! when it connects, so the sk_msg backend needs these enrolled by the daemon; the send hooks
+//! see their next send. Either way the operator is told who holds one. Found in every network
+//! namespace's TCP tables, with their owners (and their descriptor there) from
+//! /proc/<pid>/fd: one pass at start-up, bounded.
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
 };
 
-use imds_probe_common::imds::{AF_INET, AF_INET6, IMDS_PORT, is_imds_addr};
+use imds_probe_common::imds::{
+    AF_INET, AF_INET6, IMDS_PORT, ipv4_mapped, ipv6_from_words, is_imds_addr,
+};
+
+use crate::attribution::proc_fs;
 
 /// Connections reported (and, for sk_msg, enrolled) at most: as many as the kernel side
 /// tracks. The rest are counted in the log.
@@ -50,7 +54,8 @@ pub struct Scan {
 /// Walks /proc: one TCP table pair per network namespace, then every process's descriptors
 /// for the sockets found. Processes and namespaces that vanish meanwhile are skipped.
 pub fn scan() -> Scan {
-    let pids = pids();
+    let mut pids = proc_fs::pids().unwrap_or_default();
+    pids.sort_unstable();
     let mut sockets: HashMap<u64, ImdsSocket> = HashMap::new();
     let mut namespaces = HashSet::new();
     for &pid in &pids {
@@ -105,16 +110,6 @@ pub fn scan() -> Scan {
     scan
 }
 
-fn pids() -> Vec<u32> {
-    let mut pids: Vec<u32> = fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
 /// "socket:[12345]" -> 12345.
 fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?
@@ -146,30 +141,20 @@ pub fn imds_sockets(table: &str, family: u16) -> impl Iterator<Item = ImdsSocket
 }
 
 /// "FEA9FEA9:0050" or 32 hex digits and a port. The kernel prints each 32-bit word of the
-/// address (network order in memory) as a native-endian number, so `to_ne_bytes` restores
-/// the memory order on any host.
+/// address (network order in memory) as a native-endian number: the words the kernel
+/// programs read from their contexts.
 fn endpoint(text: &str) -> Option<([u8; 16], u16)> {
     let (addr, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let word = |i: usize| {
         addr.get(i * 8..i * 8 + 8)
             .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-            .map(u32::to_ne_bytes)
     };
-    let mut bytes = [0u8; 16];
-    match addr.len() {
-        8 => {
-            bytes[10] = 0xff;
-            bytes[11] = 0xff;
-            bytes[12..].copy_from_slice(&word(0)?);
-        }
-        32 => {
-            for i in 0..4 {
-                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-        }
+    let bytes = match addr.len() {
+        8 => ipv4_mapped(word(0)?.to_ne_bytes()),
+        32 => ipv6_from_words([word(0)?, word(1)?, word(2)?, word(3)?]),
         _ => return None,
-    }
+    };
     Some((bytes, port))
 }
 

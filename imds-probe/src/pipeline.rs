@@ -153,7 +153,6 @@ impl Pipeline {
         self.out.report_open_connections(scan, backend, watched);
     }
 
-    /// The daemon is stopping: heads still in flight become `unknown`.
     /// The connection `cookie` closed a moment ago and no program said so: the daemon found
     /// out itself (`backend::sk_msg::closed`).
     pub fn closed_unreported(&mut self, cookie: u64) {
@@ -171,6 +170,7 @@ impl Pipeline {
         }
     }
 
+    /// The daemon is stopping: heads still in flight become `unknown`.
     pub fn finish(&mut self) {
         let now = monotonic_ns();
         for (cookie, mut connection) in self.connections.drain() {

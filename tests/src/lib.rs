@@ -219,16 +219,15 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(mode: &str, extra_listen: &[&str]) -> Option<Self> {
-        Self::with_daemon_args(mode, extra_listen, &[])
+        Self::with_daemon_args(mode, extra_listen, &["--backend", &backend().0])
     }
 
-    /// As `new`, with more arguments for `imds-probe run`.
+    /// As `new`, with these arguments for `imds-probe run` (the backend among them).
     pub fn with_daemon_args(mode: &str, extra_listen: &[&str], args: &[&str]) -> Option<Self> {
         if !require_root() {
             return None;
         }
-        let backend = backend().0;
-        let daemon = Daemon::start(&[&["--backend", backend.as_str()], args].concat());
+        let daemon = Daemon::start(args);
         let ns = Netns::new();
         let imds = ns.fake_imds(mode, extra_listen);
         Some(Self { ns, imds, daemon })

@@ -206,7 +206,9 @@ fn lower_case_headers_and_a_large_header_block() {
 
 #[test]
 fn a_send_beyond_the_capture_limit_is_counted_and_what_follows_is_unknown() {
-    let Some(t) = Setup::with_daemon_args("optional", &[], &["--loss-report-interval", "1"]) else {
+    let backend = imds_probe_tests::backend().0;
+    let args = ["--backend", &backend, "--loss-report-interval", "1"];
+    let Some(t) = Setup::with_daemon_args("optional", &[], &args) else {
         return;
     };
     // One 1 MiB send, far past what any backend copies of one send (sk_msg 128 KiB, the send
@@ -214,7 +216,8 @@ fn a_send_beyond_the_capture_limit_is_counted_and_what_follows_is_unknown() {
     // enough to take it whole keeps the kernel from handing it over in small pieces.
     // It closes without reading the answers: on a socket in a socket hash, a blocking recv
     // after a send that filled the send buffer can fail with EAGAIN (the kernel's
-    // tcp_bpf_recvmsg, on a write-space wakeup; see the README's known limitations).
+    // tcp_bpf_recvmsg, on a write-space wakeup; see the README, "What a watched client may
+    // notice").
     let pid = t.ns.python(
         "import socket\ns = socket.create_connection(('169.254.169.254', 80))\n\
          s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)\n\
@@ -407,20 +410,16 @@ fn is_open_connection_of(event: &Value, pid: u32) -> bool {
 /// backend the pass is for.
 #[test]
 fn auto_picks_sk_msg_where_it_attaches_and_names_it() {
-    if !imds_probe_tests::require_root() {
+    let Some(t) = Setup::with_daemon_args("optional", &[], &["--backend", "auto"]) else {
         return;
-    }
-    let daemon = Daemon::start(&["--backend", "auto"]);
-    let ns = imds_probe_tests::Netns::new();
-    let _imds = ns.fake_imds("optional", &[]);
-    let (pid, _) = ns.client("curl", &["-sf", V1_PATH]);
-    let events = daemon.requests_from(pid, 1);
+    };
+    let events = t.requests_of(1, "curl", &["-sf", V1_PATH]);
     assert_eq!(events[0]["backend"], "sk_msg");
     assert!(
-        daemon
+        t.daemon
             .stderr()
             .contains("programs attached backend=sk_msg choice=Auto"),
         "{}",
-        daemon.stderr()
+        t.daemon.stderr()
     );
 }

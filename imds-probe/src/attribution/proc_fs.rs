@@ -1,10 +1,19 @@
 //! Parsing what /proc holds about a process.
 
+use std::{fs, io};
+
 use crate::redact::redact_cmdline;
 
 /// Arguments kept from a command line; longer ones are cut.
 const MAX_ARGS: usize = 64;
 const MAX_ARG_CHARS: usize = 512;
+
+/// The pids of the processes present now (the numeric entries of /proc).
+pub fn pids() -> io::Result<Vec<u32>> {
+    Ok(fs::read_dir("/proc")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
 
 /// NUL-separated argv, bounded, with token values redacted.
 pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {

@@ -25,7 +25,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::proc_fs::parse_cmdline;
+use super::proc_fs::{self, parse_cmdline};
 
 /// How far `parents` climbs; real trees are far shallower, so this only stops runaways.
 const MAX_PARENT_HOPS: usize = 32;
@@ -160,14 +160,13 @@ impl ProcessTable {
     /// same snapshot as the ppid. Skips what vanished, and pids the table already has: those
     /// came from events, which are exact where /proc is a later, bounded read.
     pub fn seed_from_proc(&mut self) {
-        let dir = match fs::read_dir("/proc") {
-            Ok(dir) => dir,
+        let pids = match proc_fs::pids() {
+            Ok(pids) => pids,
             Err(error) => {
                 tracing::warn!(%error, "cannot list /proc; processes started before now are unknown");
                 return;
             }
         };
-        let pids = dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok());
         for pid in pids {
             if !self.entries.contains_key(&pid)
                 && let Some(record) = load(pid, self.clk_tck)
