@@ -10,3 +10,8 @@ pub struct Close {
 }
 
 const _: () = assert!(core::mem::size_of::<Close>() == 24);
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, integers and byte arrays only, no padding the compiler may leave
+// uninitialised (explicit `_pad` fields): every bit pattern is a valid value.
+unsafe impl aya::Pod for Close {}

@@ -3,6 +3,7 @@
 //! assertion so the two sides cannot drift apart silently.
 #![no_std]
 
+pub mod backend;
 pub mod close;
 pub mod imds;
 pub mod loss;

@@ -95,3 +95,18 @@ pub struct ExitRecord {
 }
 
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 24);
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, integers and byte arrays only, no padding the compiler may leave
+// uninitialised (explicit `_pad` fields): every bit pattern is a valid value.
+unsafe impl aya::Pod for ExecRecord {}
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, integers and byte arrays only, no padding the compiler may leave
+// uninitialised (explicit `_pad` fields): every bit pattern is a valid value.
+unsafe impl aya::Pod for ForkRecord {}
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, integers and byte arrays only, no padding the compiler may leave
+// uninitialised (explicit `_pad` fields): every bit pattern is a valid value.
+unsafe impl aya::Pod for ExitRecord {}

@@ -24,10 +24,15 @@ pub const KIND_EXIT: u32 = 5;
 pub struct RecordHeader {
     /// One of the `KIND_*` constants.
     pub kind: u32,
-    /// Which probe backend produced the record (`crate::send::BACKEND_*`).
+    /// Which probe backend produced the record (`crate::backend::BACKEND_*`).
     pub backend: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, integers and byte arrays only, no padding the compiler may leave
+// uninitialised (explicit `_pad` fields): every bit pattern is a valid value.
+unsafe impl aya::Pod for RecordHeader {}

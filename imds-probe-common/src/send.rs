@@ -11,14 +11,6 @@ pub const CHUNK_BYTES: usize = 4096;
 /// `stream_offset`.
 pub const MAX_CHUNKS_PER_SEND: u32 = 32;
 
-/// The cgroup `sock_ops` + `sk_msg` backend. `stream_offset` counts bytes from the first.
-pub const BACKEND_SK_MSG: u32 = 1;
-/// `fentry` on tcp_sendmsg. `stream_offset` is TCP's 32-bit write sequence, which also moves
-/// for bytes sent another way (sendpage), so user space notices them as a gap.
-pub const BACKEND_FENTRY: u32 = 2;
-/// `kprobe` on tcp_sendmsg; offsets as for `BACKEND_FENTRY`.
-pub const BACKEND_KPROBE: u32 = 3;
-
 /// Chunks the send hooks capture from a single-buffer send at most (64 KiB: their loops are
 /// unrolled, as kernels before 5.17 have no bpf_loop).
 pub const MAX_HOOK_CHUNKS: u32 = 16;
@@ -70,3 +62,8 @@ pub struct SendRecord<const N: usize> {
 const _: () = assert!(
     core::mem::size_of::<SendRecord<CHUNK_BYTES>>() == SEND_CHUNK_HEADER_BYTES + CHUNK_BYTES
 );
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, integers and byte arrays only, no padding the compiler may leave
+// uninitialised (explicit `_pad` fields): every bit pattern is a valid value.
+unsafe impl aya::Pod for SendChunk {}

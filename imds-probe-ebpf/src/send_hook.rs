@@ -21,9 +21,10 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use imds_probe_common::{
+    backend::{BACKEND_FENTRY, BACKEND_KPROBE},
     imds::{AF_INET, AF_INET6, IMDS_IPV4, IMDS_PORT, ipv4_mapped, is_imds_addr},
     loss::{LOSS_CONNECTION_UNTRACKED, LOSS_SEND_TRUNCATED, LOSS_SEND_UNREADABLE},
-    send::{BACKEND_FENTRY, BACKEND_KPROBE, CHUNK_BYTES, MAX_HOOK_CHUNKS, MAX_HOOK_SEGMENTS},
+    send::{CHUNK_BYTES, MAX_HOOK_CHUNKS, MAX_HOOK_SEGMENTS},
 };
 
 use crate::{

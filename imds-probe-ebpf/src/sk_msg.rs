@@ -14,8 +14,9 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use imds_probe_common::{
+    backend::BACKEND_SK_MSG,
     loss::{LOSS_CONNECTION_UNTRACKED, LOSS_READ_FAILED, LOSS_SEND_TRUNCATED},
-    send::{BACKEND_SK_MSG, CHUNK_BYTES, MAX_CHUNKS_PER_SEND},
+    send::{CHUNK_BYTES, MAX_CHUNKS_PER_SEND},
 };
 
 use crate::{

@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use imds_probe_common::{
-    loss::LOSS_CONNECTION_UNTRACKED, send::BACKEND_SK_MSG, socket_state::ConnState,
+    backend::BACKEND_SK_MSG, loss::LOSS_CONNECTION_UNTRACKED, socket_state::ConnState,
 };
 
 use crate::{

@@ -12,11 +12,10 @@ use tokio::{
 
 use crate::{
     attribution::Attributor,
-    backend::{self, BackendChoice, read_loss},
-    notify::notify,
-    open_connections,
+    capture::{self, BackendChoice, open_connections, read_loss},
+    host::{notify::notify, system},
+    outputs::sink::{Outputs, Sink},
     pipeline::Pipeline,
-    sink::{Outputs, Sink},
 };
 
 /// How often the ring buffer is drained without a wake-up. At 8 MiB it holds several
@@ -35,7 +34,7 @@ pub struct RunOptions {
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
-    let _instance = crate::system::single_instance()?;
+    let _instance = system::single_instance()?;
     // Start-up reads and parses the kernel's BTF twice (our offset reader, then aya's loader,
     // which parses it even though nothing uses it): megabytes, freed right away. With glibc's
     // sliding threshold the first free raises it, the second parse lands on the heap, and the
@@ -47,18 +46,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
     })?;
-    let cgroup_root = crate::system::cgroup2_root().ok();
+    let cgroup_root = system::cgroup2_root().ok();
     let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root));
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let backend::Probe {
+    let capture::Probe {
         backend,
         mut ebpf,
         ring,
         loss,
-    } = backend::start(options.backend)?;
+    } = capture::start(options.backend)?;
     // Hand back what start-up freed below the mmap threshold (the object, small BTF parts)
     // rather than carry it for the daemon's life.
     // SAFETY: malloc_trim only releases free memory of glibc's allocator.
@@ -77,7 +76,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut loss_tick = tokio::time::interval(options.loss_report_interval);
     // Process records do not wake us (see the kernel side); this drains them in time.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
-    // Sockets the daemon enrolled itself, whose close it looks for (see `backend::sk_msg`).
+    // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
     let mut close_tick = tokio::time::interval(CLOSE_CHECK_INTERVAL);
     loop {
@@ -92,7 +91,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             _ = close_tick.tick(), if !enrolled.is_empty() => {
                 // The sends before a close are in the ring buffer already: they go first.
                 drain(ring.get_mut(), &mut pipeline);
-                for cookie in backend::sk_msg::closed(&ebpf, &mut enrolled) {
+                for cookie in capture::sk_msg::closed(&ebpf, &mut enrolled) {
                     pipeline.closed_unreported(cookie);
                 }
             }
@@ -100,7 +99,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 open_scan = None;
                 match scan {
                     Ok(scan) => {
-                        let watch = backend.watch_open(&mut ebpf, &scan.connections);
+                        let watch = capture::watch_open(backend, &mut ebpf, &scan.connections);
                         pipeline.report_open_connections(&scan, backend, &watch.inodes);
                         enrolled = watch.enrolled;
                     }

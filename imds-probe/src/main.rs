@@ -5,7 +5,7 @@ use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use imds_probe::{
-    backend::BackendChoice,
+    capture::BackendChoice,
     daemon::{self, RunOptions},
 };
 use tracing_subscriber::EnvFilter;

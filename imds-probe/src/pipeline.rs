@@ -8,19 +8,22 @@ use std::{
 };
 
 use crate::{
-    attribution::{
-        Attributor, Sender, c_string,
-        process_table::{ExecInfo, ExitInfo, ForkInfo},
+    attribution::{Attributor, Sender},
+    capture::{
+        Backend,
+        open_connections::{MAX_REPORTED, Scan},
+        records::Record,
     },
-    backend::Backend,
-    classify::classify,
-    connections::{Connection, ConnectionTable, MAX_CONNECTIONS, StreamOffsets},
-    event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
-    loss::LossCounts,
-    open_connections::{MAX_REPORTED, Scan},
-    reassembly::{Item, RequestStream, UnknownReason},
-    sink::{Offer, Sink},
-    wire::Record,
+    outputs::{
+        event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
+        loss::LossCounts,
+        sink::{Offer, Sink},
+    },
+    streams::{
+        classify::classify,
+        connections::{Connection, ConnectionTable, MAX_CONNECTIONS, StreamOffsets},
+        reassembly::{Item, RequestStream, UnknownReason},
+    },
 };
 
 pub struct Pipeline {
@@ -61,11 +64,11 @@ impl Pipeline {
 
     pub fn handle(&mut self, bytes: &[u8]) {
         match Record::try_from(bytes) {
-            Ok(Record::Send { chunk, data }) => {
-                let Some(backend) = Backend::from_wire(chunk.header.backend) else {
-                    self.out.counts.decode_errors += 1;
-                    return;
-                };
+            Ok(Record::Send {
+                chunk,
+                backend,
+                data,
+            }) => {
                 let sender = Sender::from_kernel(
                     chunk.pid_tgid,
                     chunk.uid_gid,
@@ -101,35 +104,9 @@ impl Pipeline {
                 }
             }
             Ok(Record::Close(close)) => self.close_connection(close.cookie, close.header.ts_ns),
-            Ok(Record::Exec(exec)) => {
-                let args = &exec.args[..(exec.args_len as usize).min(exec.args.len())];
-                let filename =
-                    &exec.filename[..(exec.filename_len as usize).min(exec.filename.len())];
-                self.out.who.exec(ExecInfo {
-                    pid: exec.pid,
-                    ppid: exec.ppid,
-                    ns_pid: exec.ns_pid,
-                    uid: exec.uid,
-                    gid: exec.gid,
-                    comm: c_string(&exec.comm),
-                    exe: String::from_utf8_lossy(filename).into_owned(),
-                    argv_raw: args.to_vec(),
-                    argv_truncated: exec.args_truncated != 0,
-                    start_time_ns: exec.start_boottime_ns,
-                    ts_ns: exec.header.ts_ns,
-                });
-            }
-            Ok(Record::Fork(fork)) => self.out.who.fork(ForkInfo {
-                parent_pid: fork.parent_pid,
-                child_pid: fork.child_pid,
-                child_ns_pid: fork.child_ns_pid,
-                start_time_ns: fork.start_boottime_ns,
-                ts_ns: fork.header.ts_ns,
-            }),
-            Ok(Record::Exit(exit)) => self.out.who.exit(ExitInfo {
-                pid: exit.pid,
-                ts_ns: exit.header.ts_ns,
-            }),
+            Ok(Record::Exec(exec)) => self.out.who.exec(*exec),
+            Ok(Record::Fork(fork)) => self.out.who.fork(fork),
+            Ok(Record::Exit(exit)) => self.out.who.exit(exit),
             Err(e) => {
                 self.out.counts.decode_errors += 1;
                 tracing::debug!("undecodable record: {e}");
@@ -154,7 +131,7 @@ impl Pipeline {
     }
 
     /// The connection `cookie` closed a moment ago and no program said so: the daemon found
-    /// out itself (`backend::sk_msg::closed`).
+    /// out itself (`capture::sk_msg::closed`).
     pub fn closed_unreported(&mut self, cookie: u64) {
         self.close_connection(cookie, monotonic_ns());
     }

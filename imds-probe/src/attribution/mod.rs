@@ -8,6 +8,7 @@ pub mod cgroup_path;
 pub mod cgroups;
 pub mod proc_fs;
 pub mod process_table;
+pub mod redact;
 pub mod users;
 
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use self::{
     process_table::{ExecInfo, ExitInfo, ForkInfo, ProcessRecord, ProcessTable, UNKNOWN_ID},
     users::UserNames,
 };
-use crate::event::{Clock, Timestamp};
+use crate::outputs::event::{Clock, Timestamp};
 
 /// Processes tracked at once.
 pub const PROCESS_TABLE_CAPACITY: usize = 65_536;

@@ -2,7 +2,7 @@
 
 use std::{fs, io};
 
-use crate::redact::redact_cmdline;
+use crate::attribution::redact::redact_cmdline;
 
 /// Arguments kept from a command line; longer ones are cut.
 const MAX_ARGS: usize = 64;

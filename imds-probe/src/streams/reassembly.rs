@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::http::{Body, Invalid, MAX_HEAD_BYTES, Parsed, RequestHead, parse_head};
+use crate::streams::http::{Body, Invalid, MAX_HEAD_BYTES, Parsed, RequestHead, parse_head};
 
 /// Why a request could not be classified. Written as the event's `reason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -1,24 +1,31 @@
 //! Probe backends: how request bytes reach the ring buffer. Every backend feeds the same
 //! records into the same pipeline; they differ only in which kernel hook sees the send.
 
+pub mod btf_offsets;
+pub mod open_connections;
 pub mod process_events;
+pub(crate) mod process_fd;
+pub mod records;
 pub mod send_hook;
 pub mod sk_msg;
 
-use std::{collections::HashSet, fmt};
+use std::collections::HashSet;
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
 };
+pub use imds_probe_common::backend::Backend;
 use imds_probe_common::{
     loss::{LOSS_COUNTERS, LOSS_MAP},
     process::{OFFSETS_READY_GLOBAL, SEND_HOOK_READY_GLOBAL},
     record::RING_BUFFER_MAP,
-    send::{BACKEND_FENTRY, BACKEND_KPROBE, BACKEND_SK_MSG},
 };
 
-use crate::{btf_offsets::Btf, open_connections::OpenConnection, system::SystemError};
+use crate::{
+    capture::{btf_offsets::Btf, open_connections::OpenConnection},
+    host::system::{self, SystemError},
+};
 
 /// The kernel object with every program, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-probe"));
@@ -36,63 +43,30 @@ pub enum BackendChoice {
     Kprobe,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Backend {
-    SkMsg,
-    Fentry,
-    Kprobe,
-}
-
 /// `auto` tries these in order. sk_msg first: other TCP sends never run it, where a send
 /// hook runs (briefly) on every one; the send hooks follow, fentry before kprobe because
 /// trampolines cost less than breakpoints.
 const AUTO_ORDER: [Backend; 3] = [Backend::SkMsg, Backend::Fentry, Backend::Kprobe];
 
-impl Backend {
-    pub fn from_wire(id: u32) -> Option<Self> {
-        match id {
-            BACKEND_SK_MSG => Some(Self::SkMsg),
-            BACKEND_FENTRY => Some(Self::Fentry),
-            BACKEND_KPROBE => Some(Self::Kprobe),
-            _ => None,
-        }
+/// Makes the backend watch connections that were open before it attached, where it does not
+/// already.
+pub fn watch_open(backend: Backend, ebpf: &mut Ebpf, connections: &[OpenConnection]) -> OpenWatch {
+    match backend {
+        Backend::SkMsg => sk_msg::enrol_open(ebpf, connections),
+        // The send hooks see every send on every socket, and every close.
+        Backend::Fentry | Backend::Kprobe => OpenWatch {
+            inodes: connections.iter().map(|c| c.socket.inode).collect(),
+            enrolled: Vec::new(),
+        },
     }
+}
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::SkMsg => "sk_msg",
-            Self::Fentry => "fentry",
-            Self::Kprobe => "kprobe",
-        }
-    }
-
-    /// Whether the records' stream offsets are TCP's 32-bit write sequence (send hooks)
-    /// rather than a byte count from the connection's first byte (sk_msg).
-    pub fn offsets_are_tcp_sequence(self) -> bool {
-        !matches!(self, Self::SkMsg)
-    }
-
-    /// Makes the backend watch connections that were open before it attached, where it
-    /// does not already.
-    pub fn watch_open(self, ebpf: &mut Ebpf, connections: &[OpenConnection]) -> OpenWatch {
-        match self {
-            Self::SkMsg => sk_msg::enrol_open(ebpf, connections),
-            // The send hooks see every send on every socket, and every close.
-            Self::Fentry | Self::Kprobe => OpenWatch {
-                inodes: connections.iter().map(|c| c.socket.inode).collect(),
-                enrolled: Vec::new(),
-            },
-        }
-    }
-
-    fn attach(self, ebpf: &mut Ebpf, send_hook_ready: bool) -> Result<(), LoadError> {
-        match self {
-            Self::SkMsg => sk_msg::attach(ebpf),
-            Self::Fentry | Self::Kprobe if !send_hook_ready => Err(LoadError::NoSendHookOffsets),
-            Self::Fentry => send_hook::attach_fentry(ebpf),
-            Self::Kprobe => send_hook::attach_kprobe(ebpf),
-        }
+fn attach(backend: Backend, ebpf: &mut Ebpf, send_hook_ready: bool) -> Result<(), LoadError> {
+    match backend {
+        Backend::SkMsg => sk_msg::attach(ebpf),
+        Backend::Fentry | Backend::Kprobe if !send_hook_ready => Err(LoadError::NoSendHookOffsets),
+        Backend::Fentry => send_hook::attach_fentry(ebpf),
+        Backend::Kprobe => send_hook::attach_kprobe(ebpf),
     }
 }
 
@@ -104,12 +78,6 @@ pub struct OpenWatch {
     /// Cookies of the sockets the daemon enrolled itself: no program reports their close, so
     /// the daemon looks for it (`sk_msg::closed`).
     pub enrolled: Vec<u64>,
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +165,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadE
 /// Loads the object and attaches the chosen backend. The ring buffer is taken out before
 /// anything attaches, so no record can be produced that the reader will not see.
 pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
-    crate::system::prepare()?;
+    system::prepare()?;
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -262,7 +230,7 @@ fn attach_first(
     };
     let mut refusals = Vec::new();
     for &backend in candidates {
-        match backend.attach(ebpf, send_hook_ready) {
+        match attach(backend, ebpf, send_hook_ready) {
             Ok(()) => return Ok(backend),
             Err(e) => {
                 tracing::warn!(%backend, "backend unavailable here: {e}");

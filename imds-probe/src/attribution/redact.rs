@@ -2,7 +2,7 @@
 //! `curl -H "X-aws-ec2-metadata-token: $TOKEN" ...` carries the token in its argv; the event
 //! keeps the argument but never the value.
 
-use crate::http::TOKEN_HEADER;
+use crate::streams::http::TOKEN_HEADER;
 
 pub const REDACTED: &str = "[redacted]";
 

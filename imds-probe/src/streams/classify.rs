@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::http::RequestHead;
+use crate::streams::http::RequestHead;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,7 +33,7 @@ pub fn classify(head: &RequestHead) -> Class {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{Parsed, parse_head};
+    use crate::streams::http::{Parsed, parse_head};
 
     fn class_of(request: &str) -> Class {
         match parse_head(request.as_bytes()) {

@@ -1,23 +1,33 @@
-//! Decoding ring buffer records. Never panics: a short or unknown record is an error the
-//! caller counts, not a crash.
+//! Decoding ring buffer records into what the stages after capture take. Never panics: a
+//! short or unknown record is an error the caller counts, not a crash.
 
 use std::mem::size_of;
 
 use imds_probe_common::{
+    backend::{Backend, UnknownBackend},
     close::Close,
     process::{ExecRecord, ExitRecord, ForkRecord},
     record::{KIND_CLOSE, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_SEND, RecordHeader},
     send::{SEND_CHUNK_HEADER_BYTES, SendChunk},
 };
 
+use crate::attribution::{
+    c_string,
+    process_table::{ExecInfo, ExitInfo, ForkInfo},
+};
+
 #[derive(Debug)]
 pub enum Record<'a> {
-    Send { chunk: SendChunk, data: &'a [u8] },
+    Send {
+        chunk: SendChunk,
+        backend: Backend,
+        data: &'a [u8],
+    },
     Close(Close),
-    // Boxed: an exec record is over a kilobyte and the others are small.
-    Exec(Box<ExecRecord>),
-    Fork(ForkRecord),
-    Exit(ExitRecord),
+    // Boxed: an exec is several hundred bytes and the others are small.
+    Exec(Box<ExecInfo>),
+    Fork(ForkInfo),
+    Exit(ExitInfo),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,18 +36,19 @@ pub enum DecodeError {
     Short(usize),
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
+    #[error("send record from unknown backend {}", .0.0)]
+    UnknownBackend(UnknownBackend),
     #[error("send record claims {claimed} payload bytes but carries {carried}")]
     Length { claimed: u32, carried: usize },
 }
 
-/// Copies a `#[repr(C)]` plain-integer type out of the front of `bytes`.
-fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// Copies a wire type out of the front of `bytes`.
+fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
         return Err(DecodeError::Short(bytes.len()));
     }
     // SAFETY: the length is checked above, `read_unaligned` has no alignment requirement, and
-    // every `T` used here is a `#[repr(C)]` struct of integers and byte arrays, for which any
-    // bit pattern is a valid value.
+    // `T: Pod` promises that any bit pattern is a valid value.
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
@@ -49,6 +60,8 @@ impl<'a> TryFrom<&'a [u8]> for Record<'a> {
         match header.kind {
             KIND_SEND => {
                 let chunk: SendChunk = read(bytes)?;
+                let backend =
+                    Backend::try_from(chunk.header.backend).map_err(DecodeError::UnknownBackend)?;
                 let payload = &bytes[SEND_CHUNK_HEADER_BYTES..];
                 let data = payload
                     .get(..chunk.len as usize)
@@ -56,14 +69,53 @@ impl<'a> TryFrom<&'a [u8]> for Record<'a> {
                         claimed: chunk.len,
                         carried: payload.len(),
                     })?;
-                Ok(Record::Send { chunk, data })
+                Ok(Record::Send {
+                    chunk,
+                    backend,
+                    data,
+                })
             }
             KIND_CLOSE => Ok(Record::Close(read(bytes)?)),
-            KIND_EXEC => Ok(Record::Exec(Box::new(read(bytes)?))),
-            KIND_FORK => Ok(Record::Fork(read(bytes)?)),
-            KIND_EXIT => Ok(Record::Exit(read(bytes)?)),
+            KIND_EXEC => Ok(Record::Exec(Box::new(exec_info(&read(bytes)?)))),
+            KIND_FORK => {
+                let fork: ForkRecord = read(bytes)?;
+                Ok(Record::Fork(ForkInfo {
+                    parent_pid: fork.parent_pid,
+                    child_pid: fork.child_pid,
+                    child_ns_pid: fork.child_ns_pid,
+                    start_time_ns: fork.start_boottime_ns,
+                    ts_ns: fork.header.ts_ns,
+                }))
+            }
+            KIND_EXIT => {
+                let exit: ExitRecord = read(bytes)?;
+                Ok(Record::Exit(ExitInfo {
+                    pid: exit.pid,
+                    ts_ns: exit.header.ts_ns,
+                }))
+            }
             kind => Err(DecodeError::UnknownKind(kind)),
         }
+    }
+}
+
+/// The kernel's lengths are clamped to the arrays they describe: a bad length cuts, never
+/// panics.
+fn exec_info(exec: &ExecRecord) -> ExecInfo {
+    let args = &exec.args[..(exec.args_len as usize).min(exec.args.len())];
+    let filename = &exec.filename[..(exec.filename_len as usize).min(exec.filename.len())];
+    ExecInfo {
+        pid: exec.pid,
+        ppid: exec.ppid,
+        ns_pid: exec.ns_pid,
+        uid: exec.uid,
+        gid: exec.gid,
+        comm: c_string(&exec.comm),
+        exe: String::from_utf8_lossy(filename).into_owned(),
+        argv_raw: args.to_vec(),
+        argv_truncated: exec.args_truncated != 0,
+        start_time_ns: exec.start_boottime_ns,
+        ts_ns: exec.header.ts_ns,
     }
 }
 
@@ -105,7 +157,7 @@ mod tests {
         bytes.extend_from_slice(b"GET");
         bytes.extend_from_slice(&[0; 509]);
         match Record::try_from(&bytes[..]).unwrap() {
-            Record::Send { chunk, data } => {
+            Record::Send { chunk, data, .. } => {
                 assert_eq!(chunk.cookie, 42);
                 assert_eq!(data, b"GET");
             }

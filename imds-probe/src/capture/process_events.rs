@@ -7,7 +7,7 @@ use aya::{Ebpf, programs::RawTracePoint};
 use imds_probe_common::process::OFFSET_GLOBALS;
 
 use super::LoadError;
-use crate::btf_offsets::Btf;
+use crate::capture::btf_offsets::Btf;
 
 const PROGRAMS: [(&str, &str); 3] = [
     ("imds_process_exec", "sched_process_exec"),

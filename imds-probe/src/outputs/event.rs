@@ -9,8 +9,10 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    attribution::Attribution, backend::Backend, classify::Class, http::RequestHead,
-    loss::LossCounts, reassembly::UnknownReason,
+    attribution::Attribution,
+    capture::Backend,
+    outputs::loss::LossCounts,
+    streams::{classify::Class, http::RequestHead, reassembly::UnknownReason},
 };
 
 #[derive(Debug, Serialize)]

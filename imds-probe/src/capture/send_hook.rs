@@ -9,7 +9,7 @@ use aya::{
 use imds_probe_common::process::SEND_HOOK_GLOBALS;
 
 use super::{LoadError, program, program_error};
-use crate::btf_offsets::{Btf, BtfError};
+use crate::capture::btf_offsets::{Btf, BtfError};
 
 const FENTRY: &str = "imds_fentry_tcp_sendmsg";
 const KPROBE: &str = "imds_kprobe_tcp_sendmsg";

@@ -20,7 +20,10 @@ use aya::{
 use imds_probe_common::socket_state::{ConnState, IMDS_SOCKETS_MAP, SOCKET_STATE_MAP};
 
 use super::{LoadError, OpenWatch, program, program_error};
-use crate::{open_connections::OpenConnection, process_fd, system};
+use crate::{
+    capture::{open_connections::OpenConnection, process_fd},
+    host::system,
+};
 
 const SOCK_OPS: &str = "imds_sock_ops";
 const SK_MSG: &str = "imds_sk_msg";

@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use crate::{attribution::Sender, backend::Backend, event::Remote, reassembly::RequestStream};
+use crate::{
+    attribution::Sender, capture::Backend, outputs::event::Remote,
+    streams::reassembly::RequestStream,
+};
 
 /// Matches the kernel side's limit, so user space never evicts what the kernel still tracks
 /// under normal operation.

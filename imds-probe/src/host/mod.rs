@@ -1,0 +1,5 @@
+//! What the daemon needs of the machine before and while it captures: privileges, bpffs,
+//! cgroup2 and tracefs mounts, the host-wide instance lock (`system`), and sd_notify (`notify`).
+
+pub mod notify;
+pub mod system;

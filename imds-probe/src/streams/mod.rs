@@ -1,0 +1,8 @@
+//! A connection's bytes, in order, to classified HTTP requests: `connections` keeps each open
+//! connection's state (bounded), `reassembly` follows its byte stream by offset, `http` parses
+//! request heads, `classify` says which kind of IMDS request each is.
+
+pub mod classify;
+pub mod connections;
+pub mod http;
+pub mod reassembly;
