@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
+use imds_probe_common::loss::LOSS_COUNTERS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -13,12 +14,12 @@ use tokio::{
 use crate::{
     attribution::Attributor,
     capture::{self, BackendChoice, open_connections, read_loss},
-    host::{notify::notify, system},
+    host::{notify::notify, privileges, system},
     outputs::sink::{Outputs, Sink},
     pipeline::Pipeline,
 };
 
-/// How often the ring buffer is drained without a wake-up. At 8 MiB it holds several
+/// How often the ring buffer is drained without a wake-up. At 4 MiB it holds several
 /// thousand exec records, far more than even a fork-heavy host makes in this time.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -34,6 +35,8 @@ pub struct RunOptions {
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
+    // Before anything else: without these, every later step fails with a less useful error.
+    privileges::check()?;
     let _instance = system::single_instance()?;
     // Start-up reads and parses the kernel's BTF twice (our offset reader, then aya's loader,
     // which parses it even though nothing uses it): megabytes, freed right away. With glibc's
@@ -65,7 +68,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // SAFETY: the RingBuf owns its map fd and returns that same fd from as_raw_fd for as long
     // as it lives, and the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
+        .context("registering the ring buffer with the reactor")?;
     // After attaching, so that every connection is either enrolled or in the scan. Off the
     // start-up path: each /proc/<pid>/net/tcp read walks the kernel's whole established hash
     // (4.5 ms per table on a 24 GiB host, whatever it holds), once per network namespace.
@@ -79,15 +82,23 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
     let mut close_tick = tokio::time::interval(CLOSE_CHECK_INTERVAL);
-    loop {
+    let mut kernel_loss = [0; LOSS_COUNTERS as usize];
+    // An error ends the loop but not the shutdown below: what was captured is still drained,
+    // written and accounted for before the error is returned.
+    let outcome = loop {
         tokio::select! {
-            readable = ring.readable_mut() => {
-                let mut guard = readable.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline);
-                guard.clear_ready();
-            }
+            readable = ring.readable_mut() => match readable {
+                Ok(mut guard) => {
+                    drain(guard.get_inner_mut(), &mut pipeline);
+                    guard.clear_ready();
+                }
+                Err(error) => break Err(anyhow::Error::new(error).context("waiting on the ring buffer")),
+            },
             _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline),
-            _ = loss_tick.tick() => pipeline.report_loss(read_loss(&loss)),
+            _ = loss_tick.tick() => {
+                read_loss(&loss, &mut kernel_loss);
+                pipeline.report_loss(kernel_loss);
+            }
             _ = close_tick.tick(), if !enrolled.is_empty() => {
                 // The sends before a close are in the ring buffer already: they go first.
                 drain(ring.get_mut(), &mut pipeline);
@@ -106,18 +117,19 @@ pub async fn run(options: RunOptions) -> Result<()> {
                     Err(error) => tracing::error!(%error, "scanning for connections open before start failed"),
                 }
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break Ok(()),
+            _ = interrupt.recv() => break Ok(()),
         }
-    }
+    };
 
     tracing::info!("stopping: detaching programs and draining the ring buffer");
     drop(ebpf);
     drain(ring.get_mut(), &mut pipeline);
     pipeline.finish();
-    pipeline.report_loss(read_loss(&loss));
+    read_loss(&loss, &mut kernel_loss);
+    pipeline.report_loss(kernel_loss);
     pipeline.close();
-    Ok(())
+    outcome
 }
 
 fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {

@@ -12,6 +12,7 @@
 
 pub mod attribution;
 pub mod capture;
+pub(crate) mod causes;
 pub mod daemon;
 pub(crate) mod host;
 pub mod outputs;

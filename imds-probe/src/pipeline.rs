@@ -186,11 +186,18 @@ impl Emitter {
 
     fn write<T: serde::Serialize>(&mut self, event: &T) {
         match serde_json::to_vec(event) {
-            Ok(line) => {
-                if self.sink.offer(line) == Offer::Full {
-                    self.counts.queue_full += 1;
+            Ok(line) => match self.sink.offer(line) {
+                Offer::Queued => {}
+                Offer::Full => self.counts.queue_full += 1,
+                Offer::WriterGone => {
+                    if self.counts.writer_gone == 0 {
+                        tracing::error!(
+                            "the event writer thread has stopped: events are no longer written"
+                        );
+                    }
+                    self.counts.writer_gone += 1;
                 }
-            }
+            },
             Err(e) => {
                 self.counts.output_errors += 1;
                 tracing::error!("serialising an event failed: {e}");

@@ -17,6 +17,8 @@ const FILEID_KERNFS: i32 = 0xfe;
 pub struct CgroupResolver {
     root: Option<(PathBuf, File)>,
     paths: HashMap<u64, Option<String>>,
+    /// Whether a failed open was logged: once per run is enough to explain every null.
+    open_failure_logged: bool,
 }
 
 impl CgroupResolver {
@@ -25,6 +27,7 @@ impl CgroupResolver {
         Self {
             root,
             paths: HashMap::new(),
+            open_failure_logged: false,
         }
     }
 
@@ -34,10 +37,21 @@ impl CgroupResolver {
             return path.clone();
         }
         let (root_path, root) = self.root.as_ref()?;
-        let path = open_by_id(root, id).and_then(|dir| {
-            let target = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
-            relative(root_path, &target)
-        });
+        let path = match open_by_id(root, id) {
+            Ok(dir) => std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+                .ok()
+                .and_then(|target| relative(root_path, &target)),
+            // A cgroup removed since the send: nothing to say about it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                if !std::mem::replace(&mut self.open_failure_logged, true) {
+                    tracing::warn!(
+                        "cannot open cgroups by id ({e}; needs CAP_DAC_READ_SEARCH): events' cgroup, systemd_unit and container will be null"
+                    );
+                }
+                None
+            }
+        };
         if self.paths.len() >= CACHE_CAPACITY {
             self.paths.clear();
         }
@@ -62,7 +76,7 @@ fn unified_path(text: &str) -> Option<&str> {
     text.lines().find_map(|line| line.strip_prefix("0::"))
 }
 
-fn open_by_id(root: &File, id: u64) -> Option<OwnedFd> {
+fn open_by_id(root: &File, id: u64) -> std::io::Result<OwnedFd> {
     #[repr(C)]
     struct KernfsHandle {
         handle_bytes: u32,
@@ -83,8 +97,11 @@ fn open_by_id(root: &File, id: u64) -> Option<OwnedFd> {
             libc::O_RDONLY | libc::O_CLOEXEC,
         )
     };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     // SAFETY: a non-negative return is a new descriptor that nothing else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// "/sys/fs/cgroup/system.slice/x.service" under root "/sys/fs/cgroup" -> "/system.slice/x.service".

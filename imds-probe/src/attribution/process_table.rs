@@ -448,10 +448,7 @@ fn ticks_to_ns(ticks: u64, clk_tck: u64) -> u64 {
 }
 
 fn clk_tck() -> u64 {
-    // SAFETY: sysconf only reads a configuration value and has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(hz)
-        .ok()
+    Some(rustix::param::clock_ticks_per_second())
         .filter(|&hz| hz > 0)
         .unwrap_or(DEFAULT_CLK_TCK)
 }
@@ -892,9 +889,8 @@ mod tests {
             me.cmdline.as_ref().and_then(|args| args.first().cloned()),
             argv0
         );
-        // SAFETY: getuid and getgid cannot fail and touch no memory of ours.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        assert_eq!((me.uid, me.gid), (uid, gid));
+        let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+        assert_eq!((me.uid, me.gid), (uid.as_raw(), gid.as_raw()));
 
         let init = table.get(1).cloned().unwrap();
         assert_eq!(init.ppid, 0);

@@ -52,7 +52,7 @@ mod kind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -24,6 +24,7 @@ use imds_probe_common::{
 
 use crate::{
     capture::{btf_offsets::Btf, open_connections::OpenConnection},
+    causes::Causes,
     host::system::{self, SystemError},
 };
 
@@ -89,9 +90,9 @@ pub enum LoadError {
     NoObject,
     #[error(transparent)]
     System(#[from] SystemError),
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed")]
     Object(#[source] aya::EbpfError),
-    #[error("program {program} failed to {step}: {source}")]
+    #[error("program {program} failed to {step}")]
     Program {
         program: &'static str,
         step: &'static str,
@@ -102,13 +103,13 @@ pub enum LoadError {
     MissingProgram(&'static str),
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
-    #[error("reading the kernel's BTF for fentry: {0}")]
+    #[error("reading the kernel's BTF for fentry")]
     KernelBtf(#[source] aya::BtfError),
     #[error("the kernel's BTF lacks what the send hooks need (see the log)")]
     NoSendHookOffsets,
-    #[error("no backend could attach: {}", .0.iter().map(|(b, e)| format!("{b}: {e}")).collect::<Vec<_>>().join("; "))]
+    #[error("no backend could attach: {}", .0.iter().map(|(b, e)| format!("{b}: {}", Causes(e))).collect::<Vec<_>>().join("; "))]
     NoBackend(Vec<(Backend, LoadError)>),
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
@@ -147,15 +148,18 @@ where
     program.try_into().map_err(program_error(name, "find"))
 }
 
-/// Sums the kernel's per-CPU loss counters.
-pub fn read_loss(loss: &PerCpuArray<MapData, u64>) -> [u64; LOSS_COUNTERS as usize] {
-    let mut counts = [0; LOSS_COUNTERS as usize];
+/// The kernel's loss counters, summed over CPUs into `counts`. A counter whose read fails
+/// keeps its last value (and the failure is logged): reading it as 0 would make the next
+/// report see the count jump back up by its whole total.
+pub fn read_loss(loss: &PerCpuArray<MapData, u64>, counts: &mut [u64; LOSS_COUNTERS as usize]) {
     for (index, count) in counts.iter_mut().enumerate() {
-        if let Ok(values) = loss.get(&(index as u32), 0) {
-            *count = values.iter().sum();
+        match loss.get(&(index as u32), 0) {
+            Ok(values) => *count = values.iter().sum(),
+            Err(error) => {
+                tracing::warn!(index, error = %Causes(&error), "reading a kernel loss counter failed")
+            }
         }
     }
-    counts
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
@@ -170,7 +174,12 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
         return Err(LoadError::NoObject);
     }
     let btf = Btf::from_sys_fs()
-        .inspect_err(|e| tracing::warn!("no kernel BTF ({e}): no process tracking, no send hooks"))
+        .inspect_err(|e| {
+            tracing::warn!(
+                "no kernel BTF ({}): no process tracking, no send hooks",
+                Causes(e)
+            )
+        })
         .ok();
     let process_offsets = btf.as_ref().and_then(process_events::kernel_offsets);
     let hook_offsets = btf.as_ref().and_then(send_hook::kernel_offsets);
@@ -233,7 +242,7 @@ fn attach_first(
         match attach(backend, ebpf, send_hook_ready) {
             Ok(()) => return Ok(backend),
             Err(e) => {
-                tracing::warn!(%backend, "backend unavailable here: {e}");
+                tracing::warn!(%backend, "backend unavailable here: {}", Causes(&e));
                 refusals.push((backend, e));
             }
         }

@@ -22,6 +22,7 @@ use imds_probe_common::socket_state::{ConnState, IMDS_SOCKETS_MAP, SOCKET_STATE_
 use super::{LoadError, OpenWatch, program, program_error};
 use crate::{
     capture::{open_connections::OpenConnection, process_fd},
+    causes::Causes,
     host::system,
 };
 
@@ -48,18 +49,6 @@ pub enum EnrolError {
         #[source]
         source: MapError,
     },
-}
-
-/// An error and its causes, as one line.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        line.push_str(": ");
-        line.push_str(&next.to_string());
-        cause = next.source();
-    }
-    line
 }
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
@@ -116,7 +105,7 @@ pub fn enrol_open(ebpf: &mut Ebpf, connections: &[OpenConnection]) -> OpenWatch 
             Err(error) => tracing::warn!(
                 pid = open.pid,
                 fd = open.fd,
-                error = with_causes(&error),
+                error = %Causes(&error),
                 "cannot watch a connection to the IMDS that was open before start"
             ),
         }
@@ -164,7 +153,8 @@ fn enrol_held(ebpf: &mut Ebpf, open: &OpenConnection) -> Result<Enrolment, Enrol
 
 /// Gives `socket` its state, then adds it to the socket hash, the order sock_ops follows.
 fn enrol(ebpf: &mut Ebpf, socket: &OwnedFd) -> Result<Enrolment, EnrolError> {
-    let cookie = socket_cookie(socket).map_err(EnrolError::Cookie)?;
+    let cookie =
+        rustix::net::sockopt::socket_cookie(socket).map_err(|e| EnrolError::Cookie(e.into()))?;
     let map_error = |name| move |source| EnrolError::Map { name, source };
     let mut states: SkStorage<&mut MapData, ConnState> = map(ebpf, SOCKET_STATE_MAP)?;
     match states.insert(socket, ConnState::new(cookie), BPF_NOEXIST) {
@@ -191,24 +181,4 @@ where
 {
     let map = ebpf.map_mut(name).ok_or(EnrolError::MissingMap(name))?;
     M::try_from(map).map_err(|source| EnrolError::Map { name, source })
-}
-
-fn socket_cookie(socket: &OwnedFd) -> io::Result<u64> {
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: SO_COOKIE writes a u64 into `cookie`, whose size `len` gives.
-    let ret = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if ret == 0 {
-        Ok(cookie)
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }

@@ -1,5 +1,7 @@
 //! What the daemon needs of the machine before and while it captures: privileges, bpffs,
-//! cgroup2 and tracefs mounts, the host-wide instance lock (`system`), and sd_notify (`notify`).
+//! cgroup2 and tracefs mounts, the host-wide instance lock (`system`), the capabilities it runs
+//! with (`privileges`), and sd_notify (`notify`).
 
 pub mod notify;
+pub mod privileges;
 pub mod system;

@@ -16,12 +16,7 @@ const CGROUP2_FALLBACKS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
-    #[error(
-        "imds-probe needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + CAP_SYS_RESOURCE \
-         (effective uid is {0})"
-    )]
-    NotPrivileged(u32),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
@@ -47,7 +42,6 @@ impl SystemError {
 }
 
 pub fn prepare() -> Result<(), SystemError> {
-    check_privileges()?;
     // Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK.
     let _ = resource::setrlimit(
         resource::Resource::RLIMIT_MEMLOCK,
@@ -87,7 +81,7 @@ pub struct InstanceLock(
 /// Takes the host-wide lock that keeps a second daemon from starting (and silently losing
 /// connections to the first). The lock file records the holder's pid for the error message.
 pub fn single_instance() -> Result<InstanceLock, SystemError> {
-    use std::{io::Write, os::fd::AsRawFd};
+    use std::io::Write;
     let mut file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -95,41 +89,22 @@ pub fn single_instance() -> Result<InstanceLock, SystemError> {
         .write(true)
         .open(LOCK_FILE)
         .map_err(SystemError::from_io("open /run/imds-probe.lock"))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let holder = fs::read_to_string(LOCK_FILE)
-            .ok()
-            .and_then(|pid| pid.trim().parse().ok());
-        return Err(SystemError::AlreadyRunning(holder));
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(LOCK_FILE)
+                .ok()
+                .and_then(|pid| pid.trim().parse().ok());
+            return Err(SystemError::AlreadyRunning(holder));
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(SystemError::from_io("lock /run/imds-probe.lock")(e));
+        }
     }
     file.set_len(0)
         .and_then(|()| write!(file, "{}", std::process::id()))
         .map_err(SystemError::from_io("write /run/imds-probe.lock"))?;
     Ok(InstanceLock(file))
-}
-
-fn check_privileges() -> Result<(), SystemError> {
-    let euid = nix::unistd::geteuid().as_raw();
-    if euid == 0 {
-        return Ok(());
-    }
-    // Without root, the capabilities decide; the effective set is a hex mask in status.
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(SystemError::from_io("read /proc/self/status"))?;
-    let effective = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1 << cap) != 0;
-    if has(CAP_BPF) && has(CAP_PERFMON) && has(CAP_NET_ADMIN) {
-        Ok(())
-    } else {
-        Err(SystemError::NotPrivileged(euid))
-    }
 }
 
 /// Mount points of a filesystem type, from /proc/self/mountinfo.

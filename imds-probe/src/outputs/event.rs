@@ -30,7 +30,8 @@ pub struct RequestEvent {
     /// "ipv4", "ipv6", or "ipv4_mapped" (a dual-stack AF_INET6 socket to 169.254.169.254).
     pub socket_family: &'static str,
     pub backend: Backend,
-    /// The kernel's socket cookie: ties the requests of one connection together.
+    /// Ties the requests of one connection together: an opaque number (a keyed hash of the
+    /// kernel's identity for the connection, which is not disclosed), stable within one run.
     pub connection: u64,
     /// `process`, `parents`, `cgroup`, `systemd_unit`, `container`.
     #[serde(flatten)]

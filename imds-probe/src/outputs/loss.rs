@@ -32,24 +32,40 @@ pub struct LossCounts {
     pub queue_full: u64,
     /// User space: events that failed to write to an output.
     pub output_errors: u64,
+    /// User space: events dropped because the writer thread had stopped (it panicked).
+    pub writer_gone: u64,
 }
 
 impl LossCounts {
+    /// What moved since `earlier`. Saturating: a counter that went back (a kernel counter read
+    /// that failed once, or a reset) reports nothing rather than an underflow.
     pub fn since(&self, earlier: &Self) -> Self {
         Self {
-            ring_buffer_full: self.ring_buffer_full - earlier.ring_buffer_full,
-            ring_buffer_full_close: self.ring_buffer_full_close - earlier.ring_buffer_full_close,
-            send_truncated: self.send_truncated - earlier.send_truncated,
-            send_unreadable: self.send_unreadable - earlier.send_unreadable,
-            connections_untracked: self.connections_untracked - earlier.connections_untracked,
-            read_failed: self.read_failed - earlier.read_failed,
-            ring_buffer_full_process: self.ring_buffer_full_process
-                - earlier.ring_buffer_full_process,
-            decode_errors: self.decode_errors - earlier.decode_errors,
-            connections_evicted: self.connections_evicted - earlier.connections_evicted,
-            processes_evicted: self.processes_evicted - earlier.processes_evicted,
-            queue_full: self.queue_full - earlier.queue_full,
-            output_errors: self.output_errors - earlier.output_errors,
+            ring_buffer_full: self
+                .ring_buffer_full
+                .saturating_sub(earlier.ring_buffer_full),
+            ring_buffer_full_close: self
+                .ring_buffer_full_close
+                .saturating_sub(earlier.ring_buffer_full_close),
+            send_truncated: self.send_truncated.saturating_sub(earlier.send_truncated),
+            send_unreadable: self.send_unreadable.saturating_sub(earlier.send_unreadable),
+            connections_untracked: self
+                .connections_untracked
+                .saturating_sub(earlier.connections_untracked),
+            read_failed: self.read_failed.saturating_sub(earlier.read_failed),
+            ring_buffer_full_process: self
+                .ring_buffer_full_process
+                .saturating_sub(earlier.ring_buffer_full_process),
+            decode_errors: self.decode_errors.saturating_sub(earlier.decode_errors),
+            connections_evicted: self
+                .connections_evicted
+                .saturating_sub(earlier.connections_evicted),
+            processes_evicted: self
+                .processes_evicted
+                .saturating_sub(earlier.processes_evicted),
+            queue_full: self.queue_full.saturating_sub(earlier.queue_full),
+            output_errors: self.output_errors.saturating_sub(earlier.output_errors),
+            writer_gone: self.writer_gone.saturating_sub(earlier.writer_gone),
         }
     }
 
@@ -67,5 +83,27 @@ impl LossCounts {
         self.connections_untracked = kernel[LOSS_CONNECTION_UNTRACKED as usize];
         self.read_failed = kernel[LOSS_READ_FAILED as usize];
         self.ring_buffer_full_process = kernel[LOSS_RING_BUFFER_PROCESS as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_that_went_back_reports_nothing_instead_of_underflowing() {
+        let earlier = LossCounts {
+            ring_buffer_full: 5,
+            queue_full: 2,
+            ..LossCounts::default()
+        };
+        let later = LossCounts {
+            ring_buffer_full: 0,
+            queue_full: 3,
+            ..LossCounts::default()
+        };
+        let moved = later.since(&earlier);
+        assert_eq!(moved.ring_buffer_full, 0);
+        assert_eq!(moved.queue_full, 1);
     }
 }

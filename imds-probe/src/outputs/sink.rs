@@ -23,13 +23,13 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("opening log file {path}: {source}")]
+    #[error("opening log file {path}")]
     Open {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("starting the writer thread: {0}")]
+    #[error("starting the writer thread")]
     Thread(#[source] io::Error),
 }
 
@@ -48,7 +48,11 @@ pub struct Sink {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer {
     Queued,
+    /// The writer is behind: the line is dropped (`queue_full`).
     Full,
+    /// The writer thread is gone (it panicked, or the sink was closed): nothing offered will
+    /// be written again (`output_errors`).
+    WriterGone,
 }
 
 impl Sink {
@@ -71,10 +75,9 @@ impl Sink {
 
     /// Queues one JSON line (without its newline).
     pub fn offer(&self, line: Vec<u8>) -> Offer {
-        match self.queue.as_ref().map(|q| q.try_send(line)) {
-            Some(Ok(())) => Offer::Queued,
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => Offer::Full,
-        }
+        self.queue
+            .as_ref()
+            .map_or(Offer::WriterGone, |queue| offer_to(queue, line))
     }
 
     pub fn output_errors(&self) -> u64 {
@@ -93,6 +96,14 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+fn offer_to(queue: &SyncSender<Vec<u8>>, line: Vec<u8>) -> Offer {
+    match queue.try_send(line) {
+        Ok(()) => Offer::Queued,
+        Err(TrySendError::Full(_)) => Offer::Full,
+        Err(TrySendError::Disconnected(_)) => Offer::WriterGone,
     }
 }
 
@@ -155,6 +166,15 @@ fn write_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_writer_is_told_apart_from_a_full_queue() {
+        let (queue, lines) = mpsc::sync_channel(1);
+        assert_eq!(offer_to(&queue, b"1".to_vec()), Offer::Queued);
+        assert_eq!(offer_to(&queue, b"2".to_vec()), Offer::Full);
+        drop(lines);
+        assert_eq!(offer_to(&queue, b"3".to_vec()), Offer::WriterGone);
+    }
 
     #[test]
     fn writes_lines_to_a_new_log_file_and_appends() {

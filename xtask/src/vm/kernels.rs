@@ -39,8 +39,8 @@ pub struct KernelSpec {
 pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "5.10",
-        why: "bullseye's cloud kernel: older than sk_msg's 5.17 floor, so it shows what the \
-              daemon says where a backend cannot load",
+        why: "bullseye's cloud kernel, the oldest supported: the generation of Amazon Linux 2, \
+              and the floor of sk_msg (socket-local storage from sock_ops, no bpf_loop)",
         sources: &[(DEBIAN, "bullseye"), (DEBIAN_SECURITY, "bullseye-security")],
         required: false,
     },
