@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Capture IMDS requests and write one JSON event per request.
     ///
-    /// Needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_RESOURCE). Sends READY=1
+    /// Needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN). Sends READY=1
     /// on $NOTIFY_SOCKET once capture has begun; stops cleanly on SIGTERM or SIGINT.
     Run {
         /// Which kernel hook sees the requests. `auto` takes the first that works here.

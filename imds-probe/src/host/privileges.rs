@@ -5,15 +5,19 @@
 use rustix::thread::{CapabilitySet, capabilities};
 
 /// Needed to run at all.
-const REQUIRED: [(CapabilitySet, &str); 4] = [
+const REQUIRED: [(CapabilitySet, &str); 3] = [
     (CapabilitySet::BPF, "CAP_BPF"),
     (CapabilitySet::PERFMON, "CAP_PERFMON"),
     (CapabilitySet::NET_ADMIN, "CAP_NET_ADMIN"),
-    (CapabilitySet::SYS_RESOURCE, "CAP_SYS_RESOURCE"),
 ];
 
 /// Not needed to run, each with what its absence costs.
-const USEFUL: [(CapabilitySet, &str, &str); 3] = [
+const USEFUL: [(CapabilitySet, &str, &str); 4] = [
+    (
+        CapabilitySet::SYS_RESOURCE,
+        "CAP_SYS_RESOURCE",
+        "RLIMIT_MEMLOCK cannot be raised, which kernels before 5.11 charge BPF maps against: loading may fail there",
+    ),
     (
         CapabilitySet::SYS_ADMIN,
         "CAP_SYS_ADMIN",
@@ -36,7 +40,7 @@ pub enum PrivilegeError {
     #[error("reading this process's capabilities")]
     Read(#[source] rustix::io::Errno),
     #[error(
-        "imds-probe needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + CAP_SYS_RESOURCE; missing: {}",
+        "imds-probe needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN; missing: {}",
         .0.join(", ")
     )]
     Missing(Vec<&'static str>),
@@ -81,35 +85,22 @@ mod tests {
     fn names_each_missing_capability() {
         assert_eq!(
             missing_required(CapabilitySet::empty()),
-            [
-                "CAP_BPF",
-                "CAP_PERFMON",
-                "CAP_NET_ADMIN",
-                "CAP_SYS_RESOURCE"
-            ]
+            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
         );
         assert_eq!(
             missing_required(CapabilitySet::BPF | CapabilitySet::NET_ADMIN),
-            ["CAP_PERFMON", "CAP_SYS_RESOURCE"]
+            ["CAP_PERFMON"]
         );
-        let unit = CapabilitySet::BPF
-            | CapabilitySet::PERFMON
-            | CapabilitySet::NET_ADMIN
-            | CapabilitySet::SYS_RESOURCE;
-        assert!(missing_required(unit).is_empty());
-        assert!(
-            missing_required(
-                CapabilitySet::SYS_ADMIN | CapabilitySet::NET_ADMIN | CapabilitySet::SYS_RESOURCE
-            )
-            .is_empty()
-        );
+        let least = CapabilitySet::BPF | CapabilitySet::PERFMON | CapabilitySet::NET_ADMIN;
+        assert!(missing_required(least).is_empty());
+        assert!(missing_required(CapabilitySet::SYS_ADMIN | CapabilitySet::NET_ADMIN).is_empty());
     }
 
     #[test]
     fn the_message_names_what_is_missing() {
-        let message = PrivilegeError::Missing(vec!["CAP_BPF", "CAP_SYS_RESOURCE"]).to_string();
+        let message = PrivilegeError::Missing(vec!["CAP_BPF", "CAP_NET_ADMIN"]).to_string();
         assert!(
-            message.ends_with("missing: CAP_BPF, CAP_SYS_RESOURCE"),
+            message.ends_with("missing: CAP_BPF, CAP_NET_ADMIN"),
             "{message}"
         );
     }
