@@ -5,7 +5,6 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use imds_probe_common::loss::LOSS_COUNTERS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -15,7 +14,10 @@ use crate::{
     attribution::Attributor,
     capture::{self, BackendChoice, open_connections, read_loss},
     host::{notify::notify, privileges, system},
-    outputs::sink::{Outputs, Sink},
+    outputs::{
+        loss::KernelLoss,
+        sink::{Outputs, Sink},
+    },
     pipeline::Pipeline,
 };
 
@@ -82,7 +84,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
     let mut close_tick = tokio::time::interval(CLOSE_CHECK_INTERVAL);
-    let mut kernel_loss = [0; LOSS_COUNTERS as usize];
+    let mut kernel_loss = KernelLoss::default();
     // An error ends the loop but not the shutdown below: what was captured is still drained,
     // written and accounted for before the error is returned.
     let outcome = loop {
@@ -96,8 +98,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
             },
             _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline),
             _ = loss_tick.tick() => {
-                read_loss(&loss, &mut kernel_loss);
-                pipeline.report_loss(kernel_loss);
+                read_loss(&loss, Some(&ebpf), &mut kernel_loss);
+                pipeline.report_loss(&kernel_loss);
             }
             _ = close_tick.tick(), if !enrolled.is_empty() => {
                 // The sends before a close are in the ring buffer already: they go first.
@@ -123,11 +125,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
 
     tracing::info!("stopping: detaching programs and draining the ring buffer");
+    // The programs' skip counts go with them.
+    read_loss(&loss, Some(&ebpf), &mut kernel_loss);
     drop(ebpf);
     drain(ring.get_mut(), &mut pipeline);
     pipeline.finish();
-    read_loss(&loss, &mut kernel_loss);
-    pipeline.report_loss(kernel_loss);
+    read_loss(&loss, None, &mut kernel_loss);
+    pipeline.report_loss(&kernel_loss);
     pipeline.close();
     outcome
 }

@@ -16,7 +16,7 @@ use crate::{
     },
     outputs::{
         event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
-        loss::LossCounts,
+        loss::{KernelLoss, LossCounts},
         sink::{Offer, Sink},
     },
     streams::{
@@ -92,10 +92,13 @@ impl Pipeline {
                     raw_offset = chunk.stream_offset,
                     offset,
                     len = data.len(),
+                    lost = chunk.lost,
                     send_size = chunk.send_size,
                     "send chunk"
                 );
-                connection.stream.feed(offset, data, &mut self.items);
+                connection
+                    .stream
+                    .feed(offset, data, u64::from(chunk.lost), &mut self.items);
                 self.out.emit(chunk.cookie, connection, ts, &mut self.items);
                 if let Some((cookie, mut old)) = evicted {
                     self.out.counts.connections_evicted += 1;
@@ -115,7 +118,7 @@ impl Pipeline {
     }
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
-    pub fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+    pub fn report_loss(&mut self, kernel: &KernelLoss) {
         self.out.report_loss(kernel);
     }
 
@@ -248,7 +251,7 @@ impl Emitter {
     }
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
-    fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+    fn report_loss(&mut self, kernel: &KernelLoss) {
         self.clock.resync();
         self.who.reap(monotonic_ns());
         let mut total = self.counts;

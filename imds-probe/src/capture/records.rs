@@ -147,7 +147,7 @@ mod tests {
             family: 2,
             send_size: len,
             len,
-            _pad: 0,
+            lost: 0,
         }
     }
 

@@ -49,6 +49,10 @@ pub struct Options {
     /// Backend to test (repeatable): sk-msg, fentry, kprobe. Default: all.
     #[arg(long = "backend", value_name = "NAME")]
     backends: Vec<String>,
+    /// Integration test file to run (repeatable), by its name in tests/tests/ without `.rs`
+    /// (e.g. `send_hooks`). Default: all.
+    #[arg(long = "test", value_name = "NAME")]
+    tests: Vec<String>,
     /// Keep target/vm/initrd.gz after the run and print the qemu command lines, to boot a
     /// kernel again by hand.
     #[arg(long)]
@@ -67,6 +71,7 @@ impl Default for Options {
         Self {
             kernels: Vec::new(),
             backends: Vec::new(),
+            tests: Vec::new(),
             keep: false,
             timeout: DEFAULT_TIMEOUT_SECS,
             system_qemu: false,
@@ -150,7 +155,8 @@ fn run(ws: &Workspace, opts: &Options, job: &Job) -> Result<()> {
     };
 
     let mut bins = build_daemon(ws)?;
-    let (mut tests, test_bins) = build_tests(ws)?;
+    let (tests, test_bins) = build_tests(ws)?;
+    let mut tests = selected_tests(tests, &opts.tests)?;
     bins.extend(test_bins);
     if bench.is_some() {
         // The benchmark is this very program, run inside the VM with the clients it starts.
@@ -359,6 +365,27 @@ fn selected_kernels(names: &[String]) -> Result<Vec<&'static kernels::KernelSpec
             })
         })
         .collect()
+}
+
+/// The test executables named in `names` (all when none is), in cargo's order.
+fn selected_tests(tests: Executables, names: &[String]) -> Result<Executables> {
+    if let Some(unknown) = names
+        .iter()
+        .find(|name| !tests.iter().any(|(test, _)| test == *name))
+    {
+        bail!(
+            "no integration test {unknown:?}; there are: {}",
+            tests
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(tests
+        .into_iter()
+        .filter(|(name, _)| names.is_empty() || names.contains(name))
+        .collect())
 }
 
 fn selected_backends(names: &[String]) -> Result<Vec<&'static str>> {

@@ -1,0 +1,199 @@
+//! What the send hooks (fentry, kprobe) once lost without a trace (issue 12), for every
+//! backend: a request whose bytes no hook can read (sendfile), whatever came before it on its
+//! connection, and bursts of short connections from many processes, where the kernel reuses
+//! socket addresses at once and may skip a program run.
+
+use std::collections::{HashMap, HashSet};
+
+use imds_probe_tests::{Setup, backend, bin};
+use serde_json::Value;
+
+const PROCESSES: usize = 30;
+const THREADS: usize = 10;
+const ROUNDS: usize = 3;
+
+fn setup() -> Option<Setup> {
+    let backend = backend().0;
+    Setup::with_daemon_args(
+        "optional",
+        &[],
+        &["--backend", &backend, "--loss-report-interval", "1"],
+    )
+}
+
+/// Python that sends `before` on a new connection, then `sent_by_file` with sendfile(2), and
+/// reads the answers to the end.
+fn sendfile_client(before: &str, sent_by_file: &str) -> String {
+    format!(
+        "import os, socket, tempfile\n\
+         s = socket.create_connection(('169.254.169.254', 80))\n\
+         s.sendall(b'{before}')\n\
+         f = tempfile.TemporaryFile(); f.write(b'{sent_by_file}'); f.flush()\n\
+         n = os.sendfile(s.fileno(), f.fileno(), 0, {len})\n\
+         assert n == {len}, n\n\
+         s.shutdown(socket.SHUT_WR)\nwhile s.recv(65536): pass\n",
+        len = sent_by_file.replace("\\r\\n", "..").len(),
+    )
+}
+
+/// (class, path or reason) of each request event.
+fn summary(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e["class"].as_str() {
+            Some("unknown") => format!("unknown {}", e["reason"].as_str().unwrap_or("?")),
+            class => format!(
+                "{} {}",
+                class.unwrap_or("?"),
+                e["path"].as_str().unwrap_or("?")
+            ),
+        })
+        .collect()
+}
+
+/// Request events of `pid` among `events`.
+fn of(events: &[Value], pid: u32) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "imds_request" && e["process"]["pid"] == pid)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_request_sent_with_sendfile_is_reported_whatever_came_before_it() {
+    let Some(t) = setup() else { return };
+    let alone = t.ns.python(&sendfile_client(
+        "",
+        "GET /alone HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+    ));
+    let after_request = t.ns.python(&sendfile_client(
+        "GET /before HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+        "GET /after-a-request HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+    ));
+    let after_half = t.ns.python(&sendfile_client(
+        "GET /split HTTP/1.1\\r\\n",
+        "Host: x\\r\\n\\r\\n",
+    ));
+    // Sent last: once its event is there, every event of the clients above is too (the ring
+    // buffer keeps send order, and none of theirs waits for a close).
+    let marker = t.ns.python(&sendfile_client(
+        "GET /marker HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+        "",
+    ));
+    t.daemon.requests_from(marker, 1);
+    let events = t.daemon.wait_for("nothing more", |_| true);
+
+    let sk_msg = backend().1 == "sk_msg";
+    // sk_msg reads the socket's message, wherever its bytes came from; a send hook cannot
+    // read sendfile's page-cache pages, and says so, naming the sender.
+    let expected: [(u32, &[&str]); 3] = if sk_msg {
+        [
+            (alone, &["imdsv1 /alone"]),
+            (
+                after_request,
+                &["imdsv1 /before", "imdsv1 /after-a-request"],
+            ),
+            (after_half, &["imdsv1 /split"]),
+        ]
+    } else {
+        [
+            (alone, &["unknown capture_gap"]),
+            (after_request, &["imdsv1 /before", "unknown capture_gap"]),
+            (after_half, &["unknown capture_gap"]),
+        ]
+    };
+    for (pid, want) in expected {
+        assert_eq!(
+            summary(&of(&events, pid)),
+            want,
+            "client {pid}: {events:#?}"
+        );
+    }
+    if !sk_msg {
+        t.daemon
+            .wait_for("send_unreadable in a loss event", |events| {
+                events.iter().any(|e| {
+                    e["event"] == "loss" && e["total"]["send_unreadable"].as_u64() >= Some(3)
+                })
+            });
+    }
+}
+
+#[test]
+fn bursts_of_short_connections_give_exactly_one_event_per_request() {
+    let Some(t) = setup() else { return };
+    let client = bin("burst-client");
+    let mut seen = 0;
+    for round in 0..ROUNDS {
+        let tag = format!("round{round}");
+        let (_, out) = t.ns.client(
+            client.to_str().unwrap(),
+            &[
+                "169.254.169.254:80",
+                &tag,
+                &PROCESSES.to_string(),
+                &THREADS.to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "burst-client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A marker sent after the burst, from one more process: once it is there, every
+        // event of the burst is.
+        let marker = format!("/burst/{tag}-marker/");
+        let (_, out) = t.ns.client(
+            client.to_str().unwrap(),
+            &["169.254.169.254:80", &format!("{tag}-marker"), "1", "1"],
+        );
+        assert!(out.status.success());
+        t.daemon.requests_where("the marker", 1, |e| {
+            e["path"].as_str().is_some_and(|p| p.starts_with(&marker))
+        });
+        let events = t.daemon.wait_for("nothing more", |_| true);
+        let requests: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["event"] == "imds_request")
+            .collect();
+        let prefix = format!("/burst/{tag}/");
+        let burst: Vec<&Value> = requests
+            .iter()
+            .copied()
+            .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with(&prefix)))
+            .collect();
+        let mut per_path: HashMap<&str, usize> = HashMap::new();
+        for event in &burst {
+            let path = event["path"].as_str().unwrap();
+            *per_path.entry(path).or_default() += 1;
+            assert_eq!(event["class"], "imdsv1", "{event:#}");
+            // The path names the process that sent it.
+            let pid = path.split('/').nth(3).unwrap();
+            assert_eq!(event["process"]["pid"].to_string(), pid, "{event:#}");
+        }
+        let repeated: Vec<_> = per_path.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(repeated.is_empty(), "reported twice: {repeated:?}");
+        let losses: Vec<&Value> = events.iter().filter(|e| e["event"] == "loss").collect();
+        assert_eq!(
+            per_path.len(),
+            PROCESSES * THREADS,
+            "round {round}: {} of {} requests reported; loss events: {losses:#?}",
+            per_path.len(),
+            PROCESSES * THREADS
+        );
+        // Nothing else: no unknown in their place, no request reported that was not sent.
+        let unknown: Vec<&&Value> = requests.iter().filter(|e| e["class"] != "imdsv1").collect();
+        assert!(
+            unknown.is_empty(),
+            "round {round}: {unknown:#?}; loss: {losses:#?}"
+        );
+        seen += PROCESSES * THREADS + 1;
+        assert_eq!(requests.len(), seen, "round {round}");
+        let pids: HashSet<String> = burst
+            .iter()
+            .map(|e| e["process"]["pid"].to_string())
+            .collect();
+        assert_eq!(pids.len(), PROCESSES, "round {round}: one pid per worker");
+    }
+}
