@@ -60,21 +60,44 @@ fn of(events: &[Value], pid: u32) -> Vec<Value> {
         .collect()
 }
 
+/// A request sent with sendfile(2) after `before` on a new connection, and what it gives:
+/// with sk_msg, which reads the socket's message wherever its bytes came from, and with a send
+/// hook, which cannot read sendfile's page-cache pages and says so, naming the sender.
+struct SendfileCase {
+    before: &'static str,
+    by_file: &'static str,
+    sk_msg: &'static [&'static str],
+    send_hook: &'static [&'static str],
+}
+
+const SENDFILE_CASES: [SendfileCase; 3] = [
+    SendfileCase {
+        before: "",
+        by_file: "GET /alone HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+        sk_msg: &["imdsv1 /alone"],
+        send_hook: &["unknown capture_gap"],
+    },
+    SendfileCase {
+        before: "GET /before HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+        by_file: "GET /after-a-request HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+        sk_msg: &["imdsv1 /before", "imdsv1 /after-a-request"],
+        send_hook: &["imdsv1 /before", "unknown capture_gap"],
+    },
+    SendfileCase {
+        before: "GET /split HTTP/1.1\\r\\n",
+        by_file: "Host: x\\r\\n\\r\\n",
+        sk_msg: &["imdsv1 /split"],
+        send_hook: &["unknown capture_gap"],
+    },
+];
+
 #[test]
 fn a_request_sent_with_sendfile_is_reported_whatever_came_before_it() {
     let Some(t) = setup() else { return };
-    let alone = t.ns.python(&sendfile_client(
-        "",
-        "GET /alone HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
-    ));
-    let after_request = t.ns.python(&sendfile_client(
-        "GET /before HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
-        "GET /after-a-request HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
-    ));
-    let after_half = t.ns.python(&sendfile_client(
-        "GET /split HTTP/1.1\\r\\n",
-        "Host: x\\r\\n\\r\\n",
-    ));
+    let pids: Vec<u32> = SENDFILE_CASES
+        .iter()
+        .map(|case| t.ns.python(&sendfile_client(case.before, case.by_file)))
+        .collect();
     // Sent last: once its event is there, every event of the clients above is too (the ring
     // buffer keeps send order, and none of theirs waits for a close).
     let marker = t.ns.python(&sendfile_client(
@@ -83,27 +106,9 @@ fn a_request_sent_with_sendfile_is_reported_whatever_came_before_it() {
     ));
     t.daemon.requests_from(marker, 1);
     let events = t.daemon.wait_for("nothing more", |_| true);
-
     let sk_msg = backend().1 == "sk_msg";
-    // sk_msg reads the socket's message, wherever its bytes came from; a send hook cannot
-    // read sendfile's page-cache pages, and says so, naming the sender.
-    let expected: [(u32, &[&str]); 3] = if sk_msg {
-        [
-            (alone, &["imdsv1 /alone"]),
-            (
-                after_request,
-                &["imdsv1 /before", "imdsv1 /after-a-request"],
-            ),
-            (after_half, &["imdsv1 /split"]),
-        ]
-    } else {
-        [
-            (alone, &["unknown capture_gap"]),
-            (after_request, &["imdsv1 /before", "unknown capture_gap"]),
-            (after_half, &["unknown capture_gap"]),
-        ]
-    };
-    for (pid, want) in expected {
+    for (case, pid) in SENDFILE_CASES.iter().zip(pids) {
+        let want = if sk_msg { case.sk_msg } else { case.send_hook };
         assert_eq!(
             summary(&of(&events, pid)),
             want,
