@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use imds_probe_test_kit::{Events, Stdout, bin};
+use imds_probe_test_kit::{Events, Stdout, bin, for_each_event};
 pub use imds_probe_test_kit::{Netns, OrPanic, Server, TempDir};
 use serde_json::Value;
 
@@ -250,6 +250,21 @@ impl Daemon {
 
     pub fn stdout(&self) -> String {
         self.events().raw()
+    }
+
+    /// The request events on its stdout so far, and those in its log file.
+    pub fn requests_in_stdout_and_log(&self) -> (Vec<Value>, Vec<Value>) {
+        let requests = |events: &[Value]| -> Vec<Value> {
+            events
+                .iter()
+                .filter(|e| e["event"] == "imds_request")
+                .cloned()
+                .collect()
+        };
+        let stdout = requests(&self.wait_for("the events so far", |_| true));
+        let mut logged = Vec::new();
+        for_each_event(&self.log_file, |event| logged.push(event)).or_panic();
+        (stdout, requests(&logged))
     }
 
     pub fn pid(&self) -> u32 {

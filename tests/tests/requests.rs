@@ -97,12 +97,18 @@ fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
     let log = std::fs::read_to_string(&t.daemon.log_file).unwrap();
     for (what, text) in [
         ("stdout", t.daemon.stdout()),
-        ("log file", log.clone()),
+        ("log file", log),
         ("stderr", t.daemon.stderr()),
     ] {
         assert!(!text.contains(token.trim()), "token leaked into {what}");
     }
-    assert!(log.lines().count() >= 3, "log file has the events");
+    let (stdout, logged) = t.daemon.requests_in_stdout_and_log();
+    assert_eq!(
+        stdout.len(),
+        6,
+        "three requests and three markers: {stdout:#?}"
+    );
+    assert_eq!(logged, stdout, "the log file has the same events as stdout");
 }
 
 #[test]
