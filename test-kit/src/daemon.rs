@@ -13,7 +13,10 @@ use std::{
 
 use rustix::process::{Pid, Signal, kill_process};
 
-use crate::{Error, Events, LOCKED, server::display};
+use crate::{
+    Error, Events, LOCKED,
+    server::{display, spawn},
+};
 
 /// How long the daemon may take to say READY=1, or to exit after SIGTERM. Generous: the
 /// VMs run under emulation.
@@ -78,10 +81,7 @@ impl Daemon {
             .stderr(stderr);
         let shown = display(&command);
         let started = Instant::now();
-        let mut child = command.spawn().map_err(|source| Error::Spawn {
-            command: shown.clone(),
-            source,
-        })?;
+        let mut child = spawn(&mut command)?;
         let events = child
             .stdout
             .take()

@@ -10,7 +10,10 @@ use std::{
 
 use rustix::process::{Pid, Signal, kill_process};
 
-use crate::{Error, server::output};
+use crate::{
+    Error,
+    server::{output, spawn},
+};
 
 /// Names are `imdsk-<pid>-<n>`: a namespace whose pid no longer runs was left behind by a
 /// run that was killed, and the next one removes it.
@@ -96,10 +99,7 @@ impl Netns {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = command.spawn().map_err(|source| Error::Spawn {
-            command: crate::server::display(&command),
-            source,
-        })?;
+        let child = spawn(&mut command)?;
         let pid = child.id();
         let output = child
             .wait_with_output()

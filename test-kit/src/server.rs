@@ -43,16 +43,12 @@ impl Server {
 
     /// Starts `command` and waits until it says `listening`.
     pub fn start(mut command: Command) -> Result<Self, Error> {
-        let shown = display(&command);
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                command: shown.clone(),
-                source,
-            })?;
+        let mut child = spawn(
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        )?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -65,7 +61,7 @@ impl Server {
         });
         let server = Self {
             child,
-            command: shown,
+            command: display(&command),
         };
         match rx.recv_timeout(START_DEADLINE) {
             Ok(line) if line.trim() == "listening" => Ok(server),
@@ -104,19 +100,27 @@ pub fn display(command: &Command) -> String {
     parts.join(" ")
 }
 
+/// Starts `command`; an error names it.
+pub(crate) fn spawn(command: &mut Command) -> Result<Child, Error> {
+    command.spawn().map_err(|source| Error::Spawn {
+        command: display(command),
+        source,
+    })
+}
+
 /// Runs `command` silently and returns its stdout; on failure the error carries its stderr.
 pub fn output(command: &mut Command) -> Result<String, Error> {
-    let shown = display(command);
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn {
-            command: shown.clone(),
-            source,
-        })?;
+    let out = spawn(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?
+    .wait_with_output()
+    .map_err(Error::io(format!("waiting for `{}`", display(command))))?;
     if !out.status.success() {
         return Err(Error::Failed {
-            command: shown,
+            command: display(command),
             status: out.status,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
