@@ -17,6 +17,7 @@ use serde::Serialize;
 use self::{
     cgroup_path::Container,
     process_table::{ExecInfo, ExitInfo, ForkInfo, ProcessRecord, ProcessTable, UNKNOWN_ID},
+    redact::Redactor,
     source::ProcessSource,
 };
 use crate::outputs::event::{Clock, Timestamp};
@@ -101,10 +102,12 @@ pub struct Attributor {
 }
 
 impl Attributor {
-    /// An empty process table; nothing is read until asked.
-    pub fn new(host: Box<dyn ProcessSource>) -> Self {
+    /// An empty process table; nothing is read until asked. Command lines, the sender's and
+    /// its parents', are scrubbed by `redactor` as they enter the process table, so a secret
+    /// never sits in the daemon's memory either.
+    pub fn new(host: Box<dyn ProcessSource>, redactor: Redactor) -> Self {
         Self {
-            table: ProcessTable::new(PROCESS_TABLE_CAPACITY, EXITED_GRACE_NS),
+            table: ProcessTable::new(PROCESS_TABLE_CAPACITY, EXITED_GRACE_NS).redacting(redactor),
             host,
         }
     }

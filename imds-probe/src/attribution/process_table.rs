@@ -25,7 +25,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{proc_fs::parse_cmdline, source::ProcessSource};
+use super::{proc_fs::parse_cmdline, redact::Redactor, source::ProcessSource};
 
 /// How far `parents` climbs; real trees are far shallower, so this only stops runaways.
 const MAX_PARENT_HOPS: usize = 32;
@@ -89,7 +89,7 @@ pub struct ProcessRecord {
     /// Empty when the image is unknown (forked from a parent nobody knows).
     pub comm: String,
     pub exe: Option<String>,
-    /// Bounded and redacted by `parse_cmdline`; ends in "…" when the kernel or the read cut it.
+    /// Bounded by `parse_cmdline`, scrubbed by the table's `Redactor`; ends in "…" when the kernel or the read cut it.
     pub cmdline: Option<Vec<String>>,
     /// [`UNKNOWN_ID`] when the image is unknown.
     pub uid: u32,
@@ -136,6 +136,7 @@ pub struct ProcessTable {
     now_ns: u64,
     next_stamp: u64,
     evicted: u64,
+    redactor: Redactor,
 }
 
 impl ProcessTable {
@@ -150,7 +151,14 @@ impl ProcessTable {
             now_ns: 0,
             next_stamp: 0,
             evicted: 0,
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Scrubs every command line the table stores, the kernel's and the host's, with
+    /// `redactor` rather than the default words.
+    pub fn redacting(self, redactor: Redactor) -> Self {
+        Self { redactor, ..self }
     }
 
     /// Seeds from the host (all processes present now). Skips what vanished, and pids the
@@ -166,7 +174,7 @@ impl ProcessTable {
         };
         for pid in pids {
             if !self.entries.contains_key(&pid)
-                && let Some(record) = source.process(pid)
+                && let Some(record) = source.process(pid, &self.redactor)
             {
                 self.insert(record);
             }
@@ -181,7 +189,7 @@ impl ProcessTable {
             ns_pid: known_pid(e.ns_pid),
             comm: e.comm,
             exe: (!e.exe.is_empty()).then_some(e.exe),
-            cmdline: cmdline_from(&e.argv_raw, e.argv_truncated),
+            cmdline: cmdline_from(&e.argv_raw, e.argv_truncated, &self.redactor),
             uid: e.uid,
             gid: e.gid,
             start_time_ns: Some(e.start_time_ns),
@@ -268,7 +276,7 @@ impl ProcessTable {
         source: &mut dyn ProcessSource,
     ) -> Option<&ProcessRecord> {
         if !self.entries.contains_key(&pid) {
-            let record = source.process(pid)?;
+            let record = source.process(pid, &self.redactor)?;
             self.insert(record);
         }
         self.get(pid)
@@ -348,11 +356,11 @@ impl ProcessTable {
 }
 
 /// The args, or None when there are none to show (a kernel thread, a zombie, an empty read).
-fn cmdline_from(raw: &[u8], truncated: bool) -> Option<Vec<String>> {
+fn cmdline_from(raw: &[u8], truncated: bool, redactor: &Redactor) -> Option<Vec<String>> {
     let mut args = if raw.is_empty() {
         Vec::new()
     } else {
-        parse_cmdline(raw)
+        redactor.redact(parse_cmdline(raw))
     };
     if truncated {
         args.push(TRUNCATED.to_owned());
@@ -363,7 +371,7 @@ fn cmdline_from(raw: &[u8], truncated: bool) -> Option<Vec<String>> {
 /// One process from /proc, or None if it is gone (or hidden from us). Reads
 /// /proc/<pid>/{stat,status,exe,cmdline}; the comm is taken from stat, which holds the same
 /// text as /proc/<pid>/comm, read in the same snapshot as the ppid.
-pub(crate) fn load(pid: u32, clk_tck: u64) -> Option<ProcessRecord> {
+pub(crate) fn load(pid: u32, clk_tck: u64, redactor: &Redactor) -> Option<ProcessRecord> {
     let dir = Path::new("/proc").join(pid.to_string());
     // Lossy: a comm is any bytes the process chose.
     let stat = parse_stat(&String::from_utf8_lossy(&fs::read(dir.join("stat")).ok()?))?;
@@ -380,14 +388,14 @@ pub(crate) fn load(pid: u32, clk_tck: u64) -> Option<ProcessRecord> {
         ns_pid: parse_status_ns_pid(&status),
         comm: stat.comm,
         exe,
-        cmdline: read_cmdline(&dir.join("cmdline")),
+        cmdline: read_cmdline(&dir.join("cmdline"), redactor),
         uid,
         gid,
         start_time_ns: Some(ticks_to_ns(stat.start_ticks, clk_tck)),
     })
 }
 
-fn read_cmdline(path: &Path) -> Option<Vec<String>> {
+fn read_cmdline(path: &Path, redactor: &Redactor) -> Option<Vec<String>> {
     let mut raw = Vec::new();
     File::open(path)
         .ok()?
@@ -396,7 +404,7 @@ fn read_cmdline(path: &Path) -> Option<Vec<String>> {
         .ok()?;
     let truncated = raw.len() > MAX_CMDLINE_BYTES;
     raw.truncate(MAX_CMDLINE_BYTES);
-    cmdline_from(&raw, truncated)
+    cmdline_from(&raw, truncated, redactor)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -792,10 +800,14 @@ mod tests {
 
     #[test]
     fn cmdline_from_says_none_only_when_there_is_nothing() {
-        assert_eq!(cmdline_from(b"", false), None);
-        assert_eq!(cmdline_from(b"", true), Some(vec![TRUNCATED.to_owned()]));
+        let redactor = Redactor::default();
+        assert_eq!(cmdline_from(b"", false, &redactor), None);
         assert_eq!(
-            cmdline_from(b"sleep\x001\0", false),
+            cmdline_from(b"", true, &redactor),
+            Some(vec![TRUNCATED.to_owned()])
+        );
+        assert_eq!(
+            cmdline_from(b"sleep\x001\0", false, &redactor),
             Some(vec!["sleep".into(), "1".into()])
         );
     }

@@ -9,14 +9,16 @@ use super::{
     cgroups::CgroupResolver,
     proc_fs,
     process_table::{self, ProcessRecord},
+    redact::Redactor,
     users::UserNames,
 };
 
 pub trait ProcessSource {
     /// The pids of the processes present now.
     fn pids(&mut self) -> io::Result<Vec<u32>>;
-    /// What the host says about a process now, or None if it is gone (or hidden from us).
-    fn process(&mut self, pid: u32) -> Option<ProcessRecord>;
+    /// What the host says about a process now, its command line scrubbed by `redactor`, or
+    /// None if it is gone (or hidden from us).
+    fn process(&mut self, pid: u32, redactor: &Redactor) -> Option<ProcessRecord>;
     /// A cgroup v2 id's path below the hierarchy's root ("/system.slice/x.service").
     fn cgroup_path(&mut self, id: u64) -> Option<String>;
     /// A process's cgroup v2 id.
@@ -49,8 +51,8 @@ impl ProcessSource for ProcReader {
         proc_fs::pids()
     }
 
-    fn process(&mut self, pid: u32) -> Option<ProcessRecord> {
-        process_table::load(pid, self.clk_tck)
+    fn process(&mut self, pid: u32, redactor: &Redactor) -> Option<ProcessRecord> {
+        process_table::load(pid, self.clk_tck, redactor)
     }
 
     fn cgroup_path(&mut self, id: u64) -> Option<String> {

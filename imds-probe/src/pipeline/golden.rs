@@ -17,7 +17,9 @@ use proptest::prelude::*;
 
 use super::Pipeline;
 use crate::{
-    attribution::{Attributor, process_table::ProcessRecord, source::ProcessSource},
+    attribution::{
+        Attributor, process_table::ProcessRecord, redact::Redactor, source::ProcessSource,
+    },
     capture::{
         Backend,
         records::encode::{self, From},
@@ -117,7 +119,7 @@ impl MadeUpHost {
                 CRON,
                 "python3",
                 "/usr/bin/python3.11",
-                &["python3", "/opt/app/poll.py"],
+                &["python3", "/opt/app/poll.py", "--password=hunter2"],
                 1000,
             ),
         ];
@@ -132,8 +134,10 @@ impl ProcessSource for MadeUpHost {
         Ok(self.processes.keys().copied().collect())
     }
 
-    fn process(&mut self, pid: u32) -> Option<ProcessRecord> {
-        self.processes.get(&pid).cloned()
+    fn process(&mut self, pid: u32, redactor: &Redactor) -> Option<ProcessRecord> {
+        let mut process = self.processes.get(&pid).cloned()?;
+        process.cmdline = process.cmdline.map(|args| redactor.redact(args));
+        Some(process)
     }
 
     fn cgroup_path(&mut self, id: u64) -> Option<String> {
@@ -167,7 +171,7 @@ impl Run {
         ELAPSED_NS.with(|elapsed| elapsed.set(0));
         WALL_STEP_NS.with(|step| step.set(0));
         let lines = Lines::default();
-        let mut who = Attributor::new(Box::new(MadeUpHost::new()));
+        let mut who = Attributor::new(Box::new(MadeUpHost::new()), Redactor::default());
         who.seed();
         let pipeline = Pipeline::new(Box::new(lines.clone()), who, Clock::reading(readings));
         Self { pipeline, lines }
