@@ -4,8 +4,7 @@
 //!
 //! Once the stream can no longer be followed (bytes missing, not HTTP, a body we cannot
 //! delimit) the connection is desynchronised: one `unknown` item says why, and the rest of
-//! the connection is skipped rather than guessed at. Bytes missing later on such a connection
-//! still give one `unknown` per run of missing bytes: each run may have held a request.
+//! the connection is skipped rather than guessed at.
 
 use serde::Serialize;
 
@@ -69,9 +68,6 @@ pub struct RequestStream {
     state: State,
     /// Stream offset the next chunk must start at to be contiguous.
     next_offset: u64,
-    /// The bytes missing right before `next_offset` have had their `unknown` item: more
-    /// missing bytes with nothing captured in between are the same run.
-    gap_reported: bool,
 }
 
 impl Default for RequestStream {
@@ -80,7 +76,6 @@ impl Default for RequestStream {
             pending: Vec::new(),
             state: State::Head,
             next_offset: 0,
-            gap_reported: false,
         }
     }
 }
@@ -105,7 +100,6 @@ impl RequestStream {
         let new = &data[seen..];
         if !new.is_empty() {
             self.next_offset += new.len() as u64;
-            self.gap_reported = false;
             if self.pending.is_empty() {
                 self.process(new, out);
             } else {
@@ -123,12 +117,7 @@ impl RequestStream {
     /// whatever the missing bytes held, cannot be told apart any more.
     fn missing_until(&mut self, end: u64, out: &mut Vec<Item>) {
         self.next_offset = end;
-        if !self.gap_reported {
-            self.gap_reported = true;
-            out.push(Item::Unknown(UnknownReason::CaptureGap));
-        }
-        self.pending = Vec::new();
-        self.state = State::Desynchronised;
+        self.desynchronise(UnknownReason::CaptureGap, out);
     }
 
     fn process(&mut self, mut data: &[u8], out: &mut Vec<Item>) {
@@ -328,21 +317,22 @@ mod tests {
     }
 
     #[test]
-    fn each_run_of_lost_bytes_is_one_unknown() {
+    fn the_connection_is_not_followed_after_lost_bytes() {
         // One unreadable send reaching TCP in pieces (tcp_sendpage per page), and a resent
-        // part of it: one run.
+        // part of it: one unknown.
         assert_eq!(
             run_records(&[(0, &[], 100), (100, &[], 50), (120, &[], 30)]),
             ["unknown CaptureGap"]
         );
-        // Captured bytes between two lost runs: two requests may hide there, two unknowns.
+        // Where a request would start after them cannot be known: one unknown stands for the
+        // rest of the connection.
         assert_eq!(
             run_records(&[
                 (0, &[], 100),
                 (100, V1, 0),
                 (100 + V1.len() as u64, &[], 10)
             ]),
-            ["unknown CaptureGap", "unknown CaptureGap"]
+            ["unknown CaptureGap"]
         );
         // Lost bytes already covered by captured ones are not lost.
         assert_eq!(
