@@ -28,6 +28,7 @@ use imds_probe_common::{
 const NO_WAKEUP: u64 = BPF_RB_NO_WAKEUP as u64;
 
 use crate::{
+    diagnostics,
     emit::header,
     kernel::{global, read, read_ptr},
     maps::{EVENTS, count_loss},
@@ -126,6 +127,7 @@ pub fn imds_process_exit(_ctx: RawTracePointContext) -> i32 {
 fn output<T>(record: T) {
     if EVENTS.output::<T>(record, NO_WAKEUP).is_err() {
         count_loss(LOSS_RING_BUFFER_PROCESS);
+        diagnostics::ring_buffer_full("process", size_of::<T>() as u32);
     }
 }
 
@@ -139,6 +141,7 @@ pub fn imds_process_exec(ctx: RawTracePointContext) -> i32 {
     }
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         count_loss(LOSS_RING_BUFFER_PROCESS);
+        diagnostics::ring_buffer_full("exec", size_of::<ExecRecord>() as u32);
         return 0;
     };
     let task: *const u8 = ctx.arg::<u64>(0) as *const u8;

@@ -13,7 +13,7 @@ use tokio::{
 
 use crate::{
     attribution::Attributor,
-    capture::{self, BackendChoice, open_connections, read_loss},
+    capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
     host::{notify::notify, privileges, system},
     outputs::sink::{Outputs, Sink},
     pipeline::Pipeline,
@@ -32,6 +32,7 @@ pub struct RunOptions {
     pub log_file: Option<PathBuf>,
     pub stdout: bool,
     pub loss_report_interval: Duration,
+    pub kernel_log: KernelLogLevel,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -60,7 +61,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         mut ebpf,
         ring,
         loss,
-    } = capture::start(options.backend)?;
+        kernel_log,
+    } = capture::start(options.backend, options.kernel_log)?;
+    if let Some(reader) = kernel_log {
+        tokio::spawn(reader.run());
+    }
     // Hand back what start-up freed below the mmap threshold (the object, small BTF parts)
     // rather than carry it for the daemon's life.
     // SAFETY: malloc_trim only releases free memory of glibc's allocator.
