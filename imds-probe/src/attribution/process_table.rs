@@ -21,7 +21,10 @@ use std::collections::{BTreeSet, HashMap};
 use procfs::process::Process;
 use serde::Serialize;
 
-use super::proc_fs::{self, LossyStatus, RawCmdline, parse_cmdline};
+use super::{
+    proc_fs::{self, LossyStatus, RawCmdline, parse_cmdline},
+    redact::Redactor,
+};
 
 /// How far `parents` climbs; real trees are far shallower, so this only stops runaways.
 const MAX_PARENT_HOPS: usize = 32;
@@ -80,7 +83,7 @@ pub struct ProcessRecord {
     /// Empty when the image is unknown (forked from a parent nobody knows).
     pub comm: String,
     pub exe: Option<String>,
-    /// Bounded and redacted by `parse_cmdline`; ends in "…" when the kernel or the read cut it.
+    /// Bounded by `parse_cmdline`, scrubbed by the table's `Redactor`; ends in "…" when the kernel or the read cut it.
     pub cmdline: Option<Vec<String>>,
     /// [`UNKNOWN_ID`] when the image is unknown.
     pub uid: u32,
@@ -128,6 +131,7 @@ pub struct ProcessTable {
     next_stamp: u64,
     evicted: u64,
     clk_tck: u64,
+    redactor: Redactor,
 }
 
 impl ProcessTable {
@@ -143,7 +147,14 @@ impl ProcessTable {
             next_stamp: 0,
             evicted: 0,
             clk_tck: procfs::ticks_per_second(),
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Scrubs every command line the table stores, the kernel's and /proc's, with `redactor`
+    /// rather than the default words.
+    pub fn redacting(self, redactor: Redactor) -> Self {
+        Self { redactor, ..self }
     }
 
     /// Seeds from /proc (all processes present now). Reads /proc/<pid>/{stat,status,exe,cmdline};
@@ -161,7 +172,7 @@ impl ProcessTable {
         for process in processes {
             if let Ok(pid) = u32::try_from(process.pid)
                 && !self.entries.contains_key(&pid)
-                && let Some(record) = load(&process, pid, self.clk_tck)
+                && let Some(record) = load(&process, pid, self.clk_tck, &self.redactor)
             {
                 self.insert(record);
             }
@@ -176,7 +187,7 @@ impl ProcessTable {
             ns_pid: known_pid(e.ns_pid),
             comm: e.comm,
             exe: (!e.exe.is_empty()).then_some(e.exe),
-            cmdline: cmdline_from(&e.argv_raw, e.argv_truncated),
+            cmdline: cmdline_from(&e.argv_raw, e.argv_truncated, &self.redactor),
             uid: e.uid,
             gid: e.gid,
             start_time_ns: Some(e.start_time_ns),
@@ -258,7 +269,7 @@ impl ProcessTable {
     /// inserting it. Returns None if /proc has nothing.
     pub fn get_or_load(&mut self, pid: u32) -> Option<&ProcessRecord> {
         if !self.entries.contains_key(&pid) {
-            let record = load(&proc_fs::process(pid)?, pid, self.clk_tck)?;
+            let record = load(&proc_fs::process(pid)?, pid, self.clk_tck, &self.redactor)?;
             self.insert(record);
         }
         self.get(pid)
@@ -338,11 +349,11 @@ impl ProcessTable {
 }
 
 /// The args, or None when there are none to show (a kernel thread, a zombie, an empty read).
-fn cmdline_from(raw: &[u8], truncated: bool) -> Option<Vec<String>> {
+fn cmdline_from(raw: &[u8], truncated: bool, redactor: &Redactor) -> Option<Vec<String>> {
     let mut args = if raw.is_empty() {
         Vec::new()
     } else {
-        parse_cmdline(raw)
+        redactor.redact(parse_cmdline(raw))
     };
     if truncated {
         args.push(TRUNCATED.to_owned());
@@ -351,7 +362,7 @@ fn cmdline_from(raw: &[u8], truncated: bool) -> Option<Vec<String>> {
 }
 
 /// One process from /proc, or None if it is gone (or hidden from us).
-fn load(process: &Process, pid: u32, clk_tck: u64) -> Option<ProcessRecord> {
+fn load(process: &Process, pid: u32, clk_tck: u64, redactor: &Redactor) -> Option<ProcessRecord> {
     // procfs reads stat lossily: a comm is any bytes the process chose. `starttime` is taken
     // raw in ticks, as the kernel's records are in boot-time ns: procfs's `starttime()` would
     // read the boot time from /proc/stat.
@@ -365,7 +376,7 @@ fn load(process: &Process, pid: u32, clk_tck: u64) -> Option<ProcessRecord> {
     let cmdline = process
         .read::<_, RawCmdline>("cmdline")
         .ok()
-        .and_then(|cmdline| cmdline_from(&cmdline.raw, cmdline.truncated));
+        .and_then(|cmdline| cmdline_from(&cmdline.raw, cmdline.truncated, redactor));
     Some(ProcessRecord {
         pid,
         ppid: u32::try_from(stat.ppid).unwrap_or(0),
@@ -725,10 +736,14 @@ mod tests {
 
     #[test]
     fn cmdline_from_says_none_only_when_there_is_nothing() {
-        assert_eq!(cmdline_from(b"", false), None);
-        assert_eq!(cmdline_from(b"", true), Some(vec![TRUNCATED.to_owned()]));
+        let redactor = Redactor::default();
+        assert_eq!(cmdline_from(b"", false, &redactor), None);
         assert_eq!(
-            cmdline_from(b"sleep\x001\0", false),
+            cmdline_from(b"", true, &redactor),
+            Some(vec![TRUNCATED.to_owned()])
+        );
+        assert_eq!(
+            cmdline_from(b"sleep\x001\0", false, &redactor),
             Some(vec!["sleep".into(), "1".into()])
         );
     }
