@@ -5,7 +5,7 @@
 //! processes. Nothing here reads /proc/stat (boot time) or other files outside /proc/<pid>,
 //! so it works under systemd's `ProcSubset=pid`.
 
-use std::io::Read;
+use std::io::{self, Read};
 
 use procfs::{
     FromBufRead, FromRead, ProcError, ProcResult,
@@ -24,6 +24,14 @@ const MAX_CMDLINE_BYTES: usize = 64 * 1024;
 /// them (a host may run more processes than the daemon may open files).
 pub fn processes() -> ProcResult<impl Iterator<Item = Process>> {
     Ok(procfs::process::all_processes()?.filter_map(Result::ok))
+}
+
+/// The pids of the processes present now.
+pub fn pids() -> io::Result<Vec<u32>> {
+    Ok(processes()
+        .map_err(io::Error::other)?
+        .filter_map(|process| u32::try_from(process.pid).ok())
+        .collect())
 }
 
 /// The process with this pid, if /proc has it.

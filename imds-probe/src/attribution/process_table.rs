@@ -12,18 +12,18 @@
 //! after its send (reassembly may wait for the rest of it) and because its children still name
 //! it as their parent. The table is bounded; see [`ProcessTable::evicted`] for what goes first.
 //!
-//! /proc fills in what the events cannot tell: the processes already running when the daemon
-//! starts ([`ProcessTable::seed_from_proc`]) and any that slipped past
-//! ([`ProcessTable::get_or_load`]).
+//! The host (/proc, through a [`ProcessSource`]) fills in what the events cannot tell: the
+//! processes already running when the daemon starts ([`ProcessTable::seed`]) and any that
+//! slipped past ([`ProcessTable::get_or_load`]).
 
 use std::collections::{BTreeSet, HashMap};
 
-use procfs::process::Process;
 use serde::Serialize;
 
 use super::{
     proc_fs::{self, LossyStatus, RawCmdline, parse_cmdline},
     redact::Redactor,
+    source::ProcessSource,
 };
 
 /// How far `parents` climbs; real trees are far shallower, so this only stops runaways.
@@ -130,7 +130,6 @@ pub struct ProcessTable {
     now_ns: u64,
     next_stamp: u64,
     evicted: u64,
-    clk_tck: u64,
     redactor: Redactor,
 }
 
@@ -146,33 +145,30 @@ impl ProcessTable {
             now_ns: 0,
             next_stamp: 0,
             evicted: 0,
-            clk_tck: procfs::ticks_per_second(),
             redactor: Redactor::default(),
         }
     }
 
-    /// Scrubs every command line the table stores, the kernel's and /proc's, with `redactor`
-    /// rather than the default words.
+    /// Scrubs every command line the table stores, the kernel's and the host's, with
+    /// `redactor` rather than the default words.
     pub fn redacting(self, redactor: Redactor) -> Self {
         Self { redactor, ..self }
     }
 
-    /// Seeds from /proc (all processes present now). Reads /proc/<pid>/{stat,status,exe,cmdline};
-    /// the comm is taken from stat, which holds the same text as /proc/<pid>/comm, read in the
-    /// same snapshot as the ppid. Skips what vanished, and pids the table already has: those
-    /// came from events, which are exact where /proc is a later, bounded read.
-    pub fn seed_from_proc(&mut self) {
-        let processes = match proc_fs::processes() {
-            Ok(processes) => processes,
+    /// Seeds from the host (all processes present now). Skips what vanished, and pids the
+    /// table already has: those came from events, which are exact where /proc is a later,
+    /// bounded read.
+    pub fn seed(&mut self, source: &mut dyn ProcessSource) {
+        let pids = match source.pids() {
+            Ok(pids) => pids,
             Err(error) => {
                 tracing::warn!(%error, "cannot list /proc; processes started before now are unknown");
                 return;
             }
         };
-        for process in processes {
-            if let Ok(pid) = u32::try_from(process.pid)
-                && !self.entries.contains_key(&pid)
-                && let Some(record) = load(&process, pid, self.clk_tck, &self.redactor)
+        for pid in pids {
+            if !self.entries.contains_key(&pid)
+                && let Some(record) = source.process(pid, &self.redactor)
             {
                 self.insert(record);
             }
@@ -194,9 +190,10 @@ impl ProcessTable {
         });
     }
 
-    pub fn fork(&mut self, f: ForkInfo) {
+    /// A parent the table does not know is looked up in `source`.
+    pub fn fork(&mut self, f: ForkInfo, source: &mut dyn ProcessSource) {
         self.advance(f.ts_ns);
-        let child = match self.get_or_load(f.parent_pid) {
+        let child = match self.get_or_load(f.parent_pid, source) {
             Some(parent) => ProcessRecord {
                 pid: f.child_pid,
                 ppid: f.parent_pid,
@@ -265,11 +262,15 @@ impl ProcessTable {
         chain
     }
 
-    /// Fills in a pid the table does not know from /proc (e.g. started before seeding raced),
-    /// inserting it. Returns None if /proc has nothing.
-    pub fn get_or_load(&mut self, pid: u32) -> Option<&ProcessRecord> {
+    /// Fills in a pid the table does not know from the host (e.g. started before seeding
+    /// raced), inserting it. Returns None if the host has nothing.
+    pub fn get_or_load(
+        &mut self,
+        pid: u32,
+        source: &mut dyn ProcessSource,
+    ) -> Option<&ProcessRecord> {
         if !self.entries.contains_key(&pid) {
-            let record = load(&proc_fs::process(pid)?, pid, self.clk_tck, &self.redactor)?;
+            let record = source.process(pid, &self.redactor)?;
             self.insert(record);
         }
         self.get(pid)
@@ -361,8 +362,11 @@ fn cmdline_from(raw: &[u8], truncated: bool, redactor: &Redactor) -> Option<Vec<
     (!args.is_empty()).then_some(args)
 }
 
-/// One process from /proc, or None if it is gone (or hidden from us).
-fn load(process: &Process, pid: u32, clk_tck: u64, redactor: &Redactor) -> Option<ProcessRecord> {
+/// One process from /proc, or None if it is gone (or hidden from us). Reads
+/// /proc/<pid>/{stat,status,exe,cmdline}; the comm is taken from stat, which holds the same
+/// text as /proc/<pid>/comm, read in the same snapshot as the ppid.
+pub(crate) fn load(pid: u32, clk_tck: u64, redactor: &Redactor) -> Option<ProcessRecord> {
+    let process = proc_fs::process(pid)?;
     // procfs reads stat lossily: a comm is any bytes the process chose. `starttime` is taken
     // raw in ticks, as the kernel's records are in boot-time ns: procfs's `starttime()` would
     // read the boot time from /proc/stat.
@@ -412,6 +416,12 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::attribution::source::ProcReader;
+
+    /// The host's processes, without cgroups.
+    fn host() -> ProcReader {
+        ProcReader::new(None)
+    }
 
     /// Above the kernel's PID_MAX_LIMIT (2^22), so no test pid is ever found in /proc.
     const P: u32 = 5_000_000;
@@ -475,7 +485,7 @@ mod tests {
     fn fork_exec_exit_then_reap_after_grace() {
         let mut table = ProcessTable::new(16, 100);
         table.exec(exec(P, 1, "bash", 10));
-        table.fork(fork(P, P + 1, 20));
+        table.fork(fork(P, P + 1, 20), &mut host());
         let child = table.get(P + 1).cloned();
         assert_eq!(
             child,
@@ -531,7 +541,7 @@ mod tests {
         for record in buffer {
             match record {
                 Record::Exec(e) => table.exec(e),
-                Record::Fork(f) => table.fork(f),
+                Record::Fork(f) => table.fork(f, &mut host()),
                 Record::Exit(x) => table.exit(x),
                 Record::Send(pid) => senders.push(table.get(pid).map(|r| r.comm.clone())),
             }
@@ -624,7 +634,7 @@ mod tests {
 
         // A fork onto a live pid: the kernel says the pid is a new process.
         table.exec(exec(P + 1, 7, "stale", 4));
-        table.fork(fork(P, P + 1, 5));
+        table.fork(fork(P, P + 1, 5), &mut host());
         let child = table.get(P + 1).cloned();
         assert_eq!(
             child.as_ref().map(|c| (c.comm.as_str(), c.ppid)),
@@ -634,7 +644,7 @@ mod tests {
 
         // And onto an exited one.
         table.exit(exit(P + 1, 6));
-        table.fork(fork(P, P + 1, 7));
+        table.fork(fork(P, P + 1, 7), &mut host());
         assert_eq!(exited(&table, P + 1), None);
         assert_eq!(table.len(), 2);
         assert!(consistent(&table));
@@ -680,7 +690,7 @@ mod tests {
     fn fork_loads_an_unknown_parent_from_proc_or_leaves_the_image_unknown() {
         let me = std::process::id();
         let mut table = ProcessTable::new(16, 1_000);
-        table.fork(fork(me, P, 1));
+        table.fork(fork(me, P, 1), &mut host());
         let child = table.get(P).cloned();
         let exe = std::env::current_exe()
             .ok()
@@ -690,7 +700,7 @@ mod tests {
         assert_eq!(child.map(|c| c.ppid), Some(me));
         assert!(table.get(me).is_some(), "the parent was loaded too");
 
-        table.fork(fork(P + 1, P + 2, 2));
+        table.fork(fork(P + 1, P + 2, 2), &mut host());
         assert_eq!(
             table.get(P + 2).cloned(),
             Some(ProcessRecord {
@@ -784,7 +794,7 @@ mod tests {
     #[test]
     fn seed_finds_this_process_and_init() {
         let mut table = ProcessTable::new(1 << 16, 0);
-        table.seed_from_proc();
+        table.seed(&mut host());
         assert!(table.len() >= 2);
 
         let me = table.get(std::process::id()).cloned().unwrap();
@@ -829,7 +839,7 @@ mod tests {
         // `spawn` returns once the exec has happened.
         let mut child = std::process::Command::new(&link).arg("30").spawn().unwrap();
         let mut table = ProcessTable::new(4, 0);
-        let record = table.get_or_load(child.id()).cloned();
+        let record = table.get_or_load(child.id(), &mut host()).cloned();
         child.kill().unwrap();
         child.wait().unwrap();
         fs::remove_dir_all(&dir).unwrap();
@@ -846,11 +856,11 @@ mod tests {
         let mut table = ProcessTable::new(16, 0);
         assert!(
             table
-                .get_or_load(me)
+                .get_or_load(me, &mut host())
                 .is_some_and(|r| r.pid == me && !r.comm.is_empty())
         );
         assert_eq!(table.len(), 1);
-        assert_eq!(table.get_or_load(P), None);
+        assert_eq!(table.get_or_load(P, &mut host()), None);
         assert_eq!(table.len(), 1);
     }
 
@@ -889,7 +899,7 @@ mod tests {
                 argv_truncated,
                 ..exec(pid, ppid, "x", ts_ns)
             }),
-            Op::Fork(parent, child, ts_ns) => table.fork(fork(parent, child, ts_ns)),
+            Op::Fork(parent, child, ts_ns) => table.fork(fork(parent, child, ts_ns), &mut host()),
             Op::Exit(pid, ts_ns) => table.exit(exit(pid, ts_ns)),
             Op::Reap(now_ns) => table.reap(now_ns),
             Op::Lookup(pid) => {
