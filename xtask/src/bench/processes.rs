@@ -37,8 +37,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         let mut daemon = Daemon::start(&ctx.bins.daemon, &["--no-stdout"], &ctx.tmp, "processes")?;
         let cpu_before = process_cpu_ns(daemon.pid);
         let probed = spawn_loop()?;
-        // Let the drain timer pick up the last records before the CPU is read.
-        sleep(Duration::from_millis(100))?;
+        // Let the daemon's 1 s tick drain the last records before the CPU is read: below
+        // 256 KiB unread, process records do not wake it.
+        sleep(Duration::from_millis(1_100))?;
         let cpu = Duration::from_nanos(process_cpu_ns(daemon.pid).saturating_sub(cpu_before));
         daemon.stop()?;
         command.clone_from(&daemon.command);
