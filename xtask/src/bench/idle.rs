@@ -7,7 +7,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -16,11 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::{
     Ctx,
     harness::{Daemon, sleep},
+    processes::short_process,
     procfs::{context_switches, process_cpu_ns},
     quiet_host,
     stats::{Summary, Table},
@@ -173,13 +173,7 @@ impl Storm {
             let (stop, made) = (Arc::clone(&stop), Arc::clone(&made));
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let status = Command::new("/bin/true")
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .context("running /bin/true")?;
-                    anyhow::ensure!(status.success(), "/bin/true failed");
+                    short_process()?;
                     made.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())

@@ -80,13 +80,19 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 fn spawn_loop() -> Result<Duration> {
     let start = Instant::now();
     for _ in 0..PROCESSES {
-        let status = Command::new("/bin/true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running /bin/true")?;
-        anyhow::ensure!(status.success(), "/bin/true failed");
+        short_process()?;
     }
     Ok(start.elapsed())
+}
+
+/// One short process: fork, exec /bin/true, exit, wait.
+pub fn short_process() -> Result<()> {
+    let status = Command::new("/bin/true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running /bin/true")?;
+    anyhow::ensure!(status.success(), "/bin/true failed");
+    Ok(())
 }
