@@ -19,7 +19,7 @@ use anyhow::Result;
 
 use super::{
     Ctx,
-    harness::{Daemon, sleep},
+    harness::{sleep, start_daemon_from, stop},
     processes::short_process,
     procfs::{context_switches, process_cpu_ns},
     quiet_host,
@@ -129,10 +129,10 @@ fn measure(ctx: &Ctx, daemon_bin: &Path, load: Load, window: Duration) -> Result
     quiet_host(&[])?;
     let log = ctx.tmp.join("idle.jsonl");
     let log = log.to_string_lossy();
-    let mut daemon = Daemon::start(
+    let mut daemon = start_daemon_from(
+        ctx,
         daemon_bin,
         &["--no-stdout", "--log-file", &log],
-        &ctx.tmp,
         "idle",
     )?;
     sleep(SETTLE)?;
@@ -149,7 +149,7 @@ fn measure(ctx: &Ctx, daemon_bin: &Path, load: Load, window: Duration) -> Result
         started.elapsed(),
     );
     let processes = storm.map(Storm::stop).transpose()?.unwrap_or(0);
-    daemon.stop()?;
+    stop(&mut daemon)?;
     let per_minute = 60.0 / took.as_secs_f64();
     Ok(Sample {
         wakeups: switches as f64 * per_minute,
