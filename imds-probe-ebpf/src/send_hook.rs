@@ -31,6 +31,7 @@ use imds_probe_common::{
 };
 
 use crate::{
+    diagnostics,
     emit::{Memory, SendMeta, emit_close, emit_lost, emit_sized},
     kernel::{global, read, read_ptr},
     maps::{HOOKED_SOCKETS, HookedSocket, count_loss},
@@ -269,6 +270,7 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
             read(iter, global(&OFF_ITER_NR_SEGS)),
         )
     } else {
+        diagnostics::send_unreadable(iter_type, count);
         count_loss(LOSS_SEND_UNREADABLE);
         emit_lost(&meta, u64::from(seq), count as u32);
         return;
