@@ -11,11 +11,16 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+#[cfg(feature = "cloudwatch-logs")]
+use crate::outputs::cloudwatch::ship::{ShipOptions, Shipper};
 use crate::{
     attribution::Attributor,
     capture::{self, BackendChoice, open_connections, read_loss},
-    host::{notify::notify, privileges, system},
-    outputs::sink::{Outputs, Sink},
+    host::{identity, notify::notify, privileges, system},
+    outputs::{
+        metrics::Dimensions,
+        sink::{Outputs, Sink},
+    },
     pipeline::Pipeline,
 };
 
@@ -27,14 +32,44 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// hash's keys, made only while there are such sockets.
 const CLOSE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the metrics file gets a line.
+const METRICS_INTERVAL: Duration = Duration::from_secs(60);
+
 pub struct RunOptions {
     pub backend: BackendChoice,
     pub log_file: Option<PathBuf>,
     pub stdout: bool,
     pub loss_report_interval: Duration,
+    /// Per-minute EMF metrics go to this file.
+    pub metrics_file: Option<PathBuf>,
+    pub metrics_dimensions: Dimensions,
+    /// Ask the IMDS who this host is (IMDSv2 only).
+    pub identity: bool,
+    /// Ship the files to CloudWatch Logs from the daemon itself.
+    pub cloudwatch: Option<CloudWatchOptions>,
 }
 
-pub async fn run(options: RunOptions) -> Result<()> {
+/// `run --cloudwatch-*`: the log files go to these log groups.
+pub struct CloudWatchOptions {
+    pub log_group: String,
+    pub metrics_log_group: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Where shipping keeps its cursors.
+    pub state_dir: PathBuf,
+}
+
+const NEEDS_LOG_FILE: &str = "--cloudwatch-log-group needs --log-file: the file is what is shipped, and the buffer while CloudWatch is out of reach";
+
+pub async fn run(mut options: RunOptions) -> Result<()> {
+    // Options that cannot work are refused before anything is loaded.
+    if options.cloudwatch.is_some() {
+        anyhow::ensure!(
+            cfg!(feature = "cloudwatch-logs"),
+            "this imds-probe was built without the cloudwatch-logs feature: ship with the CloudWatch agent (`imds-probe cloudwatch agent-config`), or rebuild with it"
+        );
+        anyhow::ensure!(options.log_file.is_some(), NEEDS_LOG_FILE);
+    }
     // Before anything else: without these, every later step fails with a less useful error.
     privileges::check()?;
     let _instance = system::single_instance()?;
@@ -51,6 +86,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
     })?;
     let cgroup_root = system::cgroup2_root().ok();
     let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root));
+    if let Some(path) = &options.metrics_file {
+        let metrics = Sink::start(Outputs {
+            stdout: false,
+            log_file: Some(path.clone()),
+        })?;
+        pipeline = pipeline.with_metrics(metrics, options.metrics_dimensions);
+    }
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -75,6 +117,21 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut open_scan = Some(tokio::task::spawn_blocking(open_connections::scan));
     notify("READY=1").context("sd_notify READY=1")?;
     tracing::info!(%backend, log_file = ?options.log_file, "capturing IMDS requests");
+    // After attaching: the daemon's own requests are captured and marked as its own.
+    let identity = if options.identity {
+        identity::learn(identity::IMDS_ENDPOINT)
+    } else {
+        identity::unknown()
+    };
+    #[cfg(feature = "cloudwatch-logs")]
+    let shipper = match options.cloudwatch.take() {
+        Some(cloudwatch) => {
+            let shipper = ship(cloudwatch, &options, identity.clone())?;
+            pipeline = pipeline.with_unshipped(shipper.unshipped());
+            Some(shipper)
+        }
+        None => None,
+    };
 
     let mut loss_tick = tokio::time::interval(options.loss_report_interval);
     // Process records do not wake us (see the kernel side); this drains them in time.
@@ -83,6 +140,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut enrolled: Vec<u64> = Vec::new();
     let mut close_tick = tokio::time::interval(CLOSE_CHECK_INTERVAL);
     let mut kernel_loss = [0; LOSS_COUNTERS as usize];
+    let mut metrics_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + until_next_minute(),
+        METRICS_INTERVAL,
+    );
     // An error ends the loop but not the shutdown below: what was captured is still drained,
     // written and accounted for before the error is returned.
     let outcome = loop {
@@ -117,6 +178,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
                     Err(error) => tracing::error!(%error, "scanning for connections open before start failed"),
                 }
             }
+            _ = metrics_tick.tick(), if options.metrics_file.is_some() => {
+                pipeline.flush_metrics(identity.borrow().as_deref());
+            }
             _ = terminate.recv() => break Ok(()),
             _ = interrupt.recv() => break Ok(()),
         }
@@ -128,8 +192,44 @@ pub async fn run(options: RunOptions) -> Result<()> {
     pipeline.finish();
     read_loss(&loss, &mut kernel_loss);
     pipeline.report_loss(kernel_loss);
+    // The minute so far, so a stop loses none of it (CloudWatch adds it up per minute).
+    pipeline.flush_metrics(identity.borrow().as_deref());
     pipeline.close();
+    // After the files are flushed: the shipper sends what they hold for a moment more.
+    #[cfg(feature = "cloudwatch-logs")]
+    if let Some(shipper) = shipper {
+        shipper.stop();
+    }
     outcome
+}
+
+#[cfg(feature = "cloudwatch-logs")]
+fn ship(
+    cloudwatch: CloudWatchOptions,
+    options: &RunOptions,
+    identity: identity::IdentityWatch,
+) -> Result<Shipper> {
+    Ok(Shipper::start(
+        ShipOptions {
+            events_file: options.log_file.clone().context(NEEDS_LOG_FILE)?,
+            events_log_group: cloudwatch.log_group,
+            metrics_file: options.metrics_file.clone(),
+            metrics_log_group: cloudwatch.metrics_log_group,
+            endpoint: cloudwatch.endpoint,
+            region: cloudwatch.region,
+            state_dir: cloudwatch.state_dir,
+        },
+        identity,
+    )?)
+}
+
+/// Metrics lines fall on the minute, as CloudWatch aggregates them.
+fn until_next_minute() -> Duration {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    METRICS_INTERVAL
+        - Duration::from_nanos((since_epoch.as_nanos() % METRICS_INTERVAL.as_nanos()) as u64)
 }
 
 fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {

@@ -5,6 +5,11 @@
 use std::{
     collections::HashSet,
     hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
 };
 
 use crate::{
@@ -14,9 +19,11 @@ use crate::{
         open_connections::{MAX_REPORTED, Scan},
         records::Record,
     },
+    host::identity::Identity,
     outputs::{
         event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
         loss::LossCounts,
+        metrics::{Dimensions, MinuteCounts},
         sink::{Offer, Sink},
     },
     streams::{
@@ -39,8 +46,14 @@ struct Emitter {
     /// Keys the hash that turns a connection's kernel identity (a socket cookie, or for the
     /// send hooks a kernel address that must not be disclosed) into the opaque id events carry.
     connection_ids: RandomState,
+    /// The daemon's own requests (its identity, the SDK's credentials) are marked as such.
+    own_pid: u32,
     clock: Clock,
     sink: Sink,
+    /// Per-minute EMF metrics, where asked for.
+    metrics: Option<MetricsOutput>,
+    /// What the CloudWatch shipper could not ship, where it runs.
+    unshipped: Option<Arc<AtomicU64>>,
     /// User-space counters; the kernel's are merged in when reporting.
     counts: LossCounts,
     reported: LossCounts,
@@ -53,12 +66,45 @@ impl Pipeline {
             out: Emitter {
                 who,
                 connection_ids: RandomState::new(),
+                own_pid: std::process::id(),
                 clock: Clock::new(),
                 sink,
+                metrics: None,
+                unshipped: None,
                 counts: LossCounts::default(),
                 reported: LossCounts::default(),
             },
             items: Vec::new(),
+        }
+    }
+
+    /// Also count requests per minute, written by `flush_metrics` to `sink` as EMF.
+    pub fn with_metrics(mut self, sink: Sink, dimensions: Dimensions) -> Self {
+        self.out.metrics = Some(MetricsOutput {
+            counts: MinuteCounts::default(),
+            sink,
+            dimensions,
+        });
+        self
+    }
+
+    /// Also report what the CloudWatch shipper counts as unshipped.
+    pub fn with_unshipped(mut self, unshipped: Arc<AtomicU64>) -> Self {
+        self.out.unshipped = Some(unshipped);
+        self
+    }
+
+    /// Writes the minute's metrics line (if metrics are on) and starts the next minute.
+    pub fn flush_metrics(&mut self, identity: Option<&Identity>) {
+        if let Some(metrics) = self.out.metrics.as_mut() {
+            let line = metrics
+                .counts
+                .take_line(SystemTime::now(), metrics.dimensions, identity);
+            // One line a minute: a full queue or a dead writer is an output error, logged
+            // by the sink; the events' own loss accounting is not the place for it.
+            if metrics.sink.offer(line) != Offer::Queued {
+                tracing::warn!("the metrics line for this minute could not be queued");
+            }
         }
     }
 
@@ -160,7 +206,16 @@ impl Pipeline {
 
     pub fn close(mut self) {
         self.out.sink.close();
+        if let Some(metrics) = self.out.metrics.as_mut() {
+            metrics.sink.close();
+        }
     }
+}
+
+struct MetricsOutput {
+    counts: MinuteCounts,
+    sink: Sink,
+    dimensions: Dimensions,
 }
 
 impl Emitter {
@@ -171,6 +226,7 @@ impl Emitter {
                 remote: &connection.remote,
                 backend: connection.backend,
                 connection: self.connection_ids.hash_one(cookie),
+                own: connection.last_sender.pid == self.own_pid,
                 who: self.who.describe(&connection.last_sender, &self.clock),
             };
             let event = match item {
@@ -180,6 +236,12 @@ impl Emitter {
                 }
                 Item::Unknown(reason) => RequestEvent::unknown(reason, ctx),
             };
+            if let Some(metrics) = self.metrics.as_mut().filter(|_| !event.own) {
+                let caller = (&event.who.process.exe, &event.who.systemd_unit);
+                metrics
+                    .counts
+                    .request(event.class, self.connection_ids.hash_one(caller));
+            }
             self.write(&event);
         }
     }
@@ -255,11 +317,17 @@ impl Emitter {
         total.processes_evicted = self.who.evicted();
         total.set_kernel(kernel);
         total.output_errors += self.sink.output_errors();
+        if let Some(unshipped) = &self.unshipped {
+            total.cloudwatch_unshipped = unshipped.load(Ordering::Relaxed);
+        }
         let since_last = total.since(&self.reported);
         if since_last.is_zero() {
             return;
         }
         tracing::warn!(?since_last, ?total, "events were lost");
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.counts.lost(since_last.sum());
+        }
         self.reported = total;
         self.write(&LossEvent {
             ts: self.clock.now(),

@@ -258,8 +258,46 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `imds-probe run` with `args` and waits for READY=1 on its $NOTIFY_SOCKET.
+    /// Starts `imds-probe run` with `args` in the host's network namespace and waits for
+    /// READY=1 on its $NOTIFY_SOCKET. It does not ask who the host is: from here, that would
+    /// be a request to a real 169.254.169.254.
     pub fn start(args: &[&str]) -> Self {
+        let mut command = Command::new(bin("imds-probe"));
+        command.arg("run").arg("--no-identity");
+        Self::launch(command, args, None)
+    }
+
+    /// Starts `imds-probe run` with `args` inside `ns`, where 169.254.169.254 is the test's
+    /// fake IMDS: the daemon learns its identity there, and the AWS SDK its credentials (no
+    /// credentials or config files, nothing from this process's environment). Nothing but
+    /// the namespace's loopback is reachable from there. `log_file` (kept across restarts)
+    /// replaces the temporary one.
+    pub fn start_in(ns: &Netns, args: &[&str], log_file: Option<&Path>) -> Self {
+        let mut command = ns.command(bin("imds-probe"));
+        command
+            .arg("run")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "false");
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ] {
+            command.env_remove(var);
+        }
+        Self::launch(command, args, log_file)
+    }
+
+    fn launch(mut command: Command, args: &[&str], log_file: Option<&Path>) -> Self {
         // A test that failed while holding the turn poisons it; the next one may still run.
         let turn = ONE_DAEMON
             .lock()
@@ -271,9 +309,8 @@ impl Daemon {
         notify
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
-        let log_file = dir.0.join("logs/events.jsonl");
-        let mut child = Command::new(bin("imds-probe"))
-            .arg("run")
+        let log_file = log_file.map_or_else(|| dir.0.join("logs/events.jsonl"), Path::to_owned);
+        let mut child = command
             .arg("--log-file")
             .arg(&log_file)
             .args(args)
@@ -434,6 +471,11 @@ impl Daemon {
             from_pid.is_empty(),
             "expected no requests from pid {pid}, got {from_pid:#?}"
         );
+    }
+
+    /// The daemon's pid (its own requests carry it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGTERM, then wait for a clean exit.

@@ -34,6 +34,9 @@ pub struct LossCounts {
     pub output_errors: u64,
     /// User space: events dropped because the writer thread had stopped (it panicked).
     pub writer_gone: u64,
+    /// Shipping: lines CloudWatch Logs refused (too old, too new, past retention) or that no
+    /// log event can hold. A network outage is not a loss: the file keeps them.
+    pub cloudwatch_unshipped: u64,
 }
 
 impl LossCounts {
@@ -66,7 +69,48 @@ impl LossCounts {
             queue_full: self.queue_full.saturating_sub(earlier.queue_full),
             output_errors: self.output_errors.saturating_sub(earlier.output_errors),
             writer_gone: self.writer_gone.saturating_sub(earlier.writer_gone),
+            cloudwatch_unshipped: self
+                .cloudwatch_unshipped
+                .saturating_sub(earlier.cloudwatch_unshipped),
         }
+    }
+
+    /// Everything counted, all kinds together (the `LostEvents` metric).
+    pub fn sum(&self) -> u64 {
+        let Self {
+            ring_buffer_full,
+            ring_buffer_full_close,
+            send_truncated,
+            send_unreadable,
+            connections_untracked,
+            read_failed,
+            ring_buffer_full_process,
+            decode_errors,
+            connections_evicted,
+            processes_evicted,
+            queue_full,
+            output_errors,
+            writer_gone,
+            cloudwatch_unshipped,
+        } = *self;
+        [
+            ring_buffer_full,
+            ring_buffer_full_close,
+            send_truncated,
+            send_unreadable,
+            connections_untracked,
+            read_failed,
+            ring_buffer_full_process,
+            decode_errors,
+            connections_evicted,
+            processes_evicted,
+            queue_full,
+            output_errors,
+            writer_gone,
+            cloudwatch_unshipped,
+        ]
+        .iter()
+        .fold(0u64, |sum, n| sum.saturating_add(*n))
     }
 
     pub fn is_zero(&self) -> bool {

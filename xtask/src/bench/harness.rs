@@ -366,10 +366,21 @@ impl Daemon {
     /// file in `dir`. While another imds-probe (an integration test, say) holds the
     /// one-per-host lock, retries for up to two minutes.
     pub fn start(daemon: &Path, args: &[&str], dir: &TempDir, tag: &str) -> Result<Self> {
+        Self::start_with_env(daemon, args, &[], dir, tag)
+    }
+
+    /// `start` with these environment variables set for the daemon.
+    pub fn start_with_env(
+        daemon: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &TempDir,
+        tag: &str,
+    ) -> Result<Self> {
         let until = Instant::now() + Duration::from_secs(120);
         let mut noted = false;
         loop {
-            match Self::try_start(daemon, args, dir, tag)? {
+            match Self::try_start(daemon, args, env, dir, tag)? {
                 Attempt::Ready(daemon) => return Ok(daemon),
                 Attempt::Locked if Instant::now() < until => {
                     if !std::mem::replace(&mut noted, true) {
@@ -386,7 +397,13 @@ impl Daemon {
         }
     }
 
-    fn try_start(daemon: &Path, args: &[&str], dir: &TempDir, tag: &str) -> Result<Attempt> {
+    fn try_start(
+        daemon: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &TempDir,
+        tag: &str,
+    ) -> Result<Attempt> {
         check_interrupted()?;
         let notify_path = dir.join(&format!("{tag}.notify"));
         let _ = fs::remove_file(&notify_path);
@@ -398,7 +415,11 @@ impl Daemon {
         let mut command = Command::new(daemon);
         command
             .arg("run")
+            // Benchmarks run in the host's namespace: asking who the host is would be a
+            // request to a real 169.254.169.254.
+            .arg("--no-identity")
             .args(args)
+            .envs(env.iter().copied())
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

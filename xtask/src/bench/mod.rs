@@ -1,6 +1,6 @@
-//! `cargo xtask bench [overhead|capacity|latency|startup|all]`: numbers measured side by side
-//! in one run, printed as tables with medians and spreads. Nothing here asserts a speed; the
-//! targets are printed next to the numbers for a reader to judge.
+//! `cargo xtask bench [overhead|capacity|latency|startup|processes|clients|shipping|all]`: numbers
+//! measured side by side in one run, printed as tables with medians and spreads. Nothing here
+//! asserts a speed; the targets are printed next to the numbers for a reader to judge.
 //!
 //! Every IMDS request goes to a network namespace this run creates, with 169.254.169.254 and
 //! fd00:ec2::254 on its own loopback, and deletes at the end (also on error or Ctrl-C): no
@@ -13,6 +13,7 @@ mod latency;
 mod overhead;
 mod processes;
 mod procfs;
+mod shipping;
 mod startup;
 mod stats;
 
@@ -73,6 +74,8 @@ enum Which {
     Processes,
     /// Errors watched clients get from their own socket calls, by request size.
     Clients,
+    /// What shipping to CloudWatch Logs (moto stands in) costs the daemon; not in `all`.
+    Shipping,
     All,
 }
 
@@ -161,6 +164,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Capacity => capacity::run(&ctx)?,
             Which::Processes => processes::run(&ctx)?,
             Which::Clients => clients::run(&ctx)?,
+            Which::Shipping => shipping::run(&ctx)?,
             Which::All => unreachable!("expanded above"),
         }
     }

@@ -390,6 +390,11 @@ fn build_daemon(ws: &Workspace) -> Result<Executables> {
         .collect())
 }
 
+/// Test targets that run on the host only: CloudWatch's are about user space (the agent's
+/// fragment, the template, shipping to moto), and need moto, cfn-lint and the repository's
+/// files, none of which the VM has.
+const HOST_ONLY_TESTS: &[&str] = &["cloudwatch"];
+
 /// Builds the integration tests. Returns every executable of a tests/*.rs target (so a new
 /// test file is picked up without touching this), and the package's own binaries (such as
 /// uring-client) that the tests start.
@@ -425,7 +430,7 @@ fn build_tests(ws: &Workspace) -> Result<(Executables, Executables)> {
                 .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
         };
         let is_test_build = message["profile"]["test"] == true;
-        if is("test") {
+        if is("test") && !HOST_ONLY_TESTS.contains(&name) {
             executables.push((name.to_owned(), PathBuf::from(executable)));
         } else if is("bin") && !is_test_build {
             bins.push((name.to_owned(), PathBuf::from(executable)));
