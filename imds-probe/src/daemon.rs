@@ -9,30 +9,31 @@ use imds_probe_common::loss::LOSS_COUNTERS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior},
 };
 
 #[cfg(feature = "cloudwatch-logs")]
 use crate::outputs::cloudwatch::ship::{ShipOptions, Shipper};
 use crate::{
-    attribution::Attributor,
+    attribution::{Attributor, redact::Redactor, source::ProcReader},
     capture::{self, BackendChoice, open_connections, read_loss},
-    host::{identity, notify::notify, privileges, system},
+    host::{identity, notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::{
+        event::Clock,
         metrics::Dimensions,
-        sink::{Outputs, Sink},
+        sink::{Outputs, WriterThread},
     },
     pipeline::Pipeline,
 };
 
-/// How often the ring buffer is drained without a wake-up. At 4 MiB it holds several
-/// thousand exec records, far more than even a fork-heavy host makes in this time.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// The daemon's one timer, so an idle daemon wakes about once a second. Each tick drains the
+/// process records that did not wake the reader (the kernel wakes it for those only once they
+/// pile up), looks for the close of sockets the daemon enrolled itself (a look through the
+/// socket hash's keys, only while there are such sockets), follows clock steps, reaps exited
+/// processes, and reports loss when that is due.
+const TICK: Duration = Duration::from_secs(1);
 
-/// How soon the close of a socket enrolled by the daemon is noticed: a look through the socket
-/// hash's keys, made only while there are such sockets.
-const CLOSE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How often the metrics file gets a line.
+/// How often the metrics file gets a line (on the tick at or after each minute's start).
 const METRICS_INTERVAL: Duration = Duration::from_secs(60);
 
 pub struct RunOptions {
@@ -40,6 +41,10 @@ pub struct RunOptions {
     pub log_file: Option<PathBuf>,
     pub stdout: bool,
     pub loss_report_interval: Duration,
+    /// Words whose values are scrubbed from command lines, beside the default ones.
+    pub sensitive_words: Vec<String>,
+    /// The group (name or gid) that may read the files the daemon writes, besides root.
+    pub output_group: Option<String>,
     /// Per-minute EMF metrics go to this file.
     pub metrics_file: Option<PathBuf>,
     pub metrics_dimensions: Dimensions,
@@ -72,6 +77,8 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     }
     // Before anything else: without these, every later step fails with a less useful error.
     privileges::check()?;
+    PrivateFiles::restrict_process_umask();
+    let files = PrivateFiles::new(options.output_group.as_deref())?;
     let _instance = system::single_instance()?;
     // Start-up reads and parses the kernel's BTF twice (our offset reader, then aya's loader,
     // which parses it even though nothing uses it): megabytes, freed right away. With glibc's
@@ -80,18 +87,23 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     // goes back to the kernel when freed (VmHWM 28.7 -> 23.2 MiB on 6.18; see README).
     // SAFETY: mallopt only tunes glibc's allocator; it is called before start-up allocates.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
-    let sink = Sink::start(Outputs {
+    let sink = WriterThread::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
+        files,
     })?;
     let cgroup_root = system::cgroup2_root().ok();
-    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root));
+    let redactor = Redactor::new(&options.sensitive_words)?;
+    let mut who = Attributor::new(Box::new(ProcReader::new(cgroup_root)), redactor);
+    who.seed();
+    let mut pipeline = Pipeline::new(Box::new(sink), who, Clock::host());
     if let Some(path) = &options.metrics_file {
-        let metrics = Sink::start(Outputs {
+        let metrics = WriterThread::start(Outputs {
             stdout: false,
             log_file: Some(path.clone()),
+            files,
         })?;
-        pipeline = pipeline.with_metrics(metrics, options.metrics_dimensions);
+        pipeline = pipeline.with_metrics(Box::new(metrics), options.metrics_dimensions);
     }
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -133,17 +145,13 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
         None => None,
     };
 
-    let mut loss_tick = tokio::time::interval(options.loss_report_interval);
-    // Process records do not wake us (see the kernel side); this drains them in time.
-    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut loss_due = Instant::now() + options.loss_report_interval;
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
-    let mut close_tick = tokio::time::interval(CLOSE_CHECK_INTERVAL);
     let mut kernel_loss = [0; LOSS_COUNTERS as usize];
-    let mut metrics_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + until_next_minute(),
-        METRICS_INTERVAL,
-    );
+    let mut metrics_due = Instant::now() + until_next_minute();
     // An error ends the loop but not the shutdown below: what was captured is still drained,
     // written and accounted for before the error is returned.
     let outcome = loop {
@@ -155,16 +163,24 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
                 }
                 Err(error) => break Err(anyhow::Error::new(error).context("waiting on the ring buffer")),
             },
-            _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline),
-            _ = loss_tick.tick() => {
-                read_loss(&loss, &mut kernel_loss);
-                pipeline.report_loss(kernel_loss);
-            }
-            _ = close_tick.tick(), if !enrolled.is_empty() => {
-                // The sends before a close are in the ring buffer already: they go first.
+            now = tick.tick() => {
+                // First: the sends before a close, and the process records before any later
+                // send, are in the ring buffer already.
                 drain(ring.get_mut(), &mut pipeline);
-                for cookie in capture::sk_msg::closed(&ebpf, &mut enrolled) {
-                    pipeline.closed_unreported(cookie);
+                if !enrolled.is_empty() {
+                    for cookie in capture::sk_msg::closed(&ebpf, &mut enrolled) {
+                        pipeline.closed_unreported(cookie);
+                    }
+                }
+                pipeline.tick();
+                if now >= loss_due {
+                    loss_due = now + options.loss_report_interval;
+                    read_loss(&loss, &mut kernel_loss);
+                    pipeline.report_loss(kernel_loss);
+                }
+                if now >= metrics_due {
+                    metrics_due = now + until_next_minute();
+                    pipeline.flush_metrics(identity.borrow().as_deref());
                 }
             }
             scan = async { open_scan.as_mut().unwrap().await }, if open_scan.is_some() => {
@@ -177,9 +193,6 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
                     }
                     Err(error) => tracing::error!(%error, "scanning for connections open before start failed"),
                 }
-            }
-            _ = metrics_tick.tick(), if options.metrics_file.is_some() => {
-                pipeline.flush_metrics(identity.borrow().as_deref());
             }
             _ = terminate.recv() => break Ok(()),
             _ = interrupt.recv() => break Ok(()),

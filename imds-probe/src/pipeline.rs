@@ -1,6 +1,8 @@
 //! One record at a time, in ring buffer order: decode -> reassemble per connection ->
 //! classify -> attribute -> queue for the sinks. Synchronous and single-threaded: the order
-//! of records is the order of sends, and nothing here waits on I/O except /proc reads.
+//! of records is the order of sends, and nothing here waits on I/O except the process
+//! source's (/proc) reads. Its parts are given to it (the sink, the attributor's process
+//! source, the clock), so a test drives it with record bytes and reads JSON lines back.
 
 use std::{
     collections::HashSet,
@@ -9,7 +11,6 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
 };
 
 use crate::{
@@ -49,7 +50,7 @@ struct Emitter {
     /// The daemon's own requests (its identity, the SDK's credentials) are marked as such.
     own_pid: u32,
     clock: Clock,
-    sink: Sink,
+    sink: Box<dyn Sink>,
     /// Per-minute EMF metrics, where asked for.
     metrics: Option<MetricsOutput>,
     /// What the CloudWatch shipper could not ship, where it runs.
@@ -60,14 +61,14 @@ struct Emitter {
 }
 
 impl Pipeline {
-    pub fn new(sink: Sink, who: Attributor) -> Self {
+    pub fn new(sink: Box<dyn Sink>, who: Attributor, clock: Clock) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
             out: Emitter {
                 who,
                 connection_ids: RandomState::new(),
                 own_pid: std::process::id(),
-                clock: Clock::new(),
+                clock,
                 sink,
                 metrics: None,
                 unshipped: None,
@@ -79,7 +80,7 @@ impl Pipeline {
     }
 
     /// Also count requests per minute, written by `flush_metrics` to `sink` as EMF.
-    pub fn with_metrics(mut self, sink: Sink, dimensions: Dimensions) -> Self {
+    pub fn with_metrics(mut self, sink: Box<dyn Sink>, dimensions: Dimensions) -> Self {
         self.out.metrics = Some(MetricsOutput {
             counts: MinuteCounts::default(),
             sink,
@@ -97,9 +98,8 @@ impl Pipeline {
     /// Writes the minute's metrics line (if metrics are on) and starts the next minute.
     pub fn flush_metrics(&mut self, identity: Option<&Identity>) {
         if let Some(metrics) = self.out.metrics.as_mut() {
-            let line = metrics
-                .counts
-                .take_line(SystemTime::now(), metrics.dimensions, identity);
+            let now = self.out.clock.now().0;
+            let line = metrics.counts.take_line(now, metrics.dimensions, identity);
             // One line a minute: a full queue or a dead writer is an output error, logged
             // by the sink; the events' own loss accounting is not the place for it.
             if metrics.sink.offer(line) != Offer::Queued {
@@ -160,6 +160,13 @@ impl Pipeline {
         }
     }
 
+    /// Housekeeping, once a second: follows steps of the wall clock (NTP), and drops the
+    /// processes whose grace period after exit has ended.
+    pub fn tick(&mut self) {
+        self.out.clock.resync();
+        self.out.who.reap(self.out.clock.monotonic_ns());
+    }
+
     /// Emits a `loss` event and a log line if anything was lost since the last report.
     pub fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
         self.out.report_loss(kernel);
@@ -179,7 +186,7 @@ impl Pipeline {
     /// The connection `cookie` closed a moment ago and no program said so: the daemon found
     /// out itself (`capture::sk_msg::closed`).
     pub fn closed_unreported(&mut self, cookie: u64) {
-        self.close_connection(cookie, monotonic_ns());
+        self.close_connection(cookie, self.out.clock.monotonic_ns());
     }
 
     /// The connection `cookie` closed at `ts_ns`: a head in flight is `unknown`.
@@ -195,7 +202,7 @@ impl Pipeline {
 
     /// The daemon is stopping: heads still in flight become `unknown`.
     pub fn finish(&mut self) {
-        let now = monotonic_ns();
+        let now = self.out.clock.monotonic_ns();
         for (cookie, mut connection) in self.connections.drain() {
             connection
                 .stream
@@ -214,7 +221,7 @@ impl Pipeline {
 
 struct MetricsOutput {
     counts: MinuteCounts,
-    sink: Sink,
+    sink: Box<dyn Sink>,
     dimensions: Dimensions,
 }
 
@@ -311,8 +318,6 @@ impl Emitter {
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
     fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
-        self.clock.resync();
-        self.who.reap(monotonic_ns());
         let mut total = self.counts;
         total.processes_evicted = self.who.evicted();
         total.set_kernel(kernel);
@@ -338,9 +343,5 @@ impl Emitter {
     }
 }
 
-/// CLOCK_MONOTONIC, the clock of the kernel's record timestamps.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
+#[cfg(test)]
+mod golden;

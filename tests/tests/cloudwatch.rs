@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imds_probe_tests::{Daemon, Netns, Setup, TempDir, backend, bin, require_root};
+use imds_probe_tests::{
+    Daemon, Netns, OrPanic as _, Setup, TempDir, backend, binary, client, netns_with_imds,
+    requests_where, require_root,
+};
 use serde_json::Value;
 
 /// moto, cfn-lint and their botocore, installed by `cargo xtask setup`.
@@ -73,7 +76,7 @@ fn the_template_passes_cfn_lint_and_holds_the_queries() {
 
 #[test]
 fn agent_config_prints_the_fragment_and_refuses_bad_retention() {
-    let out = Command::new(bin("imds-probe"))
+    let out = Command::new(binary("imds-probe"))
         .args(["cloudwatch", "agent-config", "--retention-days", "90"])
         .output()
         .unwrap();
@@ -83,7 +86,7 @@ fn agent_config_prints_the_fragment_and_refuses_bad_retention() {
     assert_eq!(entries[0]["retention_in_days"], 90);
     assert_eq!(entries[0]["log_group_name"], EVENTS_GROUP);
     assert_eq!(entries[1]["log_group_name"], METRICS_GROUP);
-    let refused = Command::new(bin("imds-probe"))
+    let refused = Command::new(binary("imds-probe"))
         .args(["cloudwatch", "agent-config", "--retention-days", "31"])
         .output()
         .unwrap();
@@ -96,13 +99,16 @@ fn the_daemon_learns_who_it_is_with_imdsv2_only_and_marks_its_requests() {
     if !require_root() {
         return;
     }
-    let ns = Netns::new();
     // `required`: a token-less request would be refused, and the identity never learnt.
-    let _imds = ns.fake_imds("required", &[]);
+    let (ns, _imds) = netns_with_imds("required", &[]);
     let daemon = Daemon::start_in(&ns, &["--backend", &backend().0], None);
     let log = daemon.wait_for_log("this host's identity");
     assert!(log.contains(INSTANCE_ID), "{log}");
-    let own = daemon.requests_from(daemon.pid(), 2);
+    let pid = daemon.pid();
+    let own = requests_where(&ns, &daemon, "the daemon's own", |e| {
+        e["process"]["pid"] == pid
+    });
+    assert!(own.len() >= 2, "{own:#?}");
     for request in &own {
         assert_eq!(request["own"], true, "{request}");
         assert!(
@@ -111,18 +117,12 @@ fn the_daemon_learns_who_it_is_with_imdsv2_only_and_marks_its_requests() {
         );
     }
     // A client's requests are not marked.
-    let (pid, out) = ns.client(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "http://169.254.169.254/latest/meta-data/",
-        ],
-    );
+    let url = "http://169.254.169.254/latest/meta-data/";
+    let (curl, out) = client(&ns, "curl", &["-s", "-o", "/dev/null", url]);
     assert!(out.status.success());
-    let client = daemon.requests_from(pid, 1);
-    assert!(client[0].get("own").is_none(), "{}", client[0]);
+    let theirs = requests_where(&ns, &daemon, "curl", |e| e["process"]["pid"] == curl);
+    assert_eq!(theirs.len(), 1, "{theirs:#?}");
+    assert!(theirs[0].get("own").is_none(), "{}", theirs[0]);
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn off_ec2_the_daemon_carries_on_and_says_so_once() {
         return;
     }
     // No IMDS in this namespace: nobody answers, as off EC2.
-    let ns = Netns::new();
+    let ns = Netns::new().or_panic();
     let mut daemon = Daemon::start_in(&ns, &["--backend", &backend().0], None);
     daemon.wait_for_log("no instance identity yet");
     // Attempts after 1 and 2 more seconds fail too, and are not told again.
@@ -147,8 +147,8 @@ fn off_ec2_the_daemon_carries_on_and_says_so_once() {
 
 #[test]
 fn metrics_go_to_their_own_file_as_emf() {
-    let dir = TempDir::new("metrics");
-    let metrics = dir.0.join("metrics.jsonl");
+    let dir = TempDir::new("metrics").or_panic();
+    let metrics = dir.join("metrics.jsonl");
     let args = [
         "--backend",
         &backend().0,
@@ -159,7 +159,8 @@ fn metrics_go_to_their_own_file_as_emf() {
         return;
     };
     let url = "http://169.254.169.254/latest/meta-data/instance-id";
-    let v1 = t.requests_of(3, "curl", &["-s", url, "-s", url, "-s", url]);
+    let v1 = t.requests_of("curl", &["-s", url, "-s", url, "-s", url]);
+    assert_eq!(v1.len(), 3, "{v1:#?}");
     assert!(v1.iter().all(|e| e["class"] == "imdsv1"));
     // A stop writes the minute so far.
     assert!(t.daemon.stop().success());
@@ -309,7 +310,12 @@ fn poll(ns: &Netns, count: usize) {
          \x20   c.request('GET', '/latest/meta-data/' + 'p' * 1000, headers={{'User-Agent': 'u' * 1000}})\n\
          \x20   c.getresponse().read()\n"
     );
-    ns.python(&code);
+    let (_, out) = client(ns, "python3", &["-c", &code]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -317,12 +323,11 @@ fn shipping_survives_an_outage_and_a_restart_and_sends_nothing_twice() {
     if !require_root() {
         return;
     }
-    let ns = Netns::new();
-    let _imds = ns.fake_imds("optional", &[]);
-    let dir = TempDir::new("ship");
-    let log_file = dir.0.join("events.jsonl");
-    let metrics = dir.0.join("metrics.jsonl");
-    let state = dir.0.join("state");
+    let (ns, _imds) = netns_with_imds("optional", &[]);
+    let dir = TempDir::new("ship").or_panic();
+    let log_file = dir.join("events.jsonl");
+    let metrics = dir.join("metrics.jsonl");
+    let state = dir.join("state");
     let (state_arg, metrics_arg) = (state.to_str().unwrap(), metrics.to_str().unwrap());
     let backend = backend().0;
     let args = ship_args(state_arg, metrics_arg, &backend);

@@ -1,9 +1,10 @@
-//! Writing events. A dedicated thread owns the outputs so a slow disk or a blocked stdout
-//! never stalls the ring buffer reader; the queue between them is bounded and what does not
-//! fit is counted by the caller.
+//! Writing events. The pipeline hands each event, as a JSON line, to a [`Sink`]. The daemon's
+//! sink is [`WriterThread`]: a dedicated thread owns the outputs so a slow disk or a blocked
+//! stdout never stalls the ring buffer reader; the queue between them is bounded and what
+//! does not fit is counted by the caller.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::File,
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
     sync::{
@@ -13,6 +14,8 @@ use std::{
     },
     thread::JoinHandle,
 };
+
+use crate::host::private_files::PrivateFiles;
 
 /// Events queued for writing at most: about a second of a 20,000 requests/s burst. The
 /// queue's slots are allocated up front.
@@ -36,9 +39,22 @@ pub enum SinkError {
 pub struct Outputs {
     pub stdout: bool,
     pub log_file: Option<PathBuf>,
+    /// Who may read the log file and the directories made for it.
+    pub files: PrivateFiles,
 }
 
-pub struct Sink {
+/// Anything that takes the pipeline's events: the writer thread in the daemon, a list of
+/// lines in tests.
+pub trait Sink {
+    /// Takes one JSON line (without its newline), or says why not; never blocks.
+    fn offer(&mut self, line: Vec<u8>) -> Offer;
+    /// Lines taken but not written since the start (`output_errors`).
+    fn output_errors(&self) -> u64;
+    /// Writes out everything taken and flushes; nothing is taken afterwards.
+    fn close(&mut self);
+}
+
+pub struct WriterThread {
     queue: Option<SyncSender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     output_errors: Arc<AtomicU64>,
@@ -55,9 +71,13 @@ pub enum Offer {
     WriterGone,
 }
 
-impl Sink {
+impl WriterThread {
     pub fn start(outputs: Outputs) -> Result<Self, SinkError> {
-        let file = outputs.log_file.as_deref().map(open_log).transpose()?;
+        let file = outputs
+            .log_file
+            .as_deref()
+            .map(|path| open_log(&outputs.files, path))
+            .transpose()?;
         let (queue, lines) = mpsc::sync_channel(QUEUE_CAPACITY);
         let output_errors = Arc::new(AtomicU64::new(0));
         let errors = Arc::clone(&output_errors);
@@ -72,20 +92,20 @@ impl Sink {
             output_errors,
         })
     }
+}
 
-    /// Queues one JSON line (without its newline).
-    pub fn offer(&self, line: Vec<u8>) -> Offer {
+impl Sink for WriterThread {
+    fn offer(&mut self, line: Vec<u8>) -> Offer {
         self.queue
             .as_ref()
             .map_or(Offer::WriterGone, |queue| offer_to(queue, line))
     }
 
-    pub fn output_errors(&self) -> u64 {
+    fn output_errors(&self) -> u64 {
         self.output_errors.load(Ordering::Relaxed)
     }
 
-    /// Writes out everything queued and flushes.
-    pub fn close(&mut self) {
+    fn close(&mut self) {
         self.queue = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -93,7 +113,7 @@ impl Sink {
     }
 }
 
-impl Drop for Sink {
+impl Drop for WriterThread {
     fn drop(&mut self) {
         self.close();
     }
@@ -107,14 +127,9 @@ fn offer_to(queue: &SyncSender<Vec<u8>>, line: Vec<u8>) -> Offer {
     }
 }
 
-fn open_log(path: &Path) -> Result<BufWriter<File>, SinkError> {
-    let open = || {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)?;
-        }
-        OpenOptions::new().create(true).append(true).open(path)
-    };
-    open()
+fn open_log(files: &PrivateFiles, path: &Path) -> Result<BufWriter<File>, SinkError> {
+    files
+        .open_append(path)
         .map(BufWriter::new)
         .map_err(|source| SinkError::Open {
             path: path.to_owned(),
@@ -181,15 +196,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("imds-probe-sink-{}", std::process::id()));
         let path = dir.join("nested/events.jsonl");
         for line in ["{\"a\":1}", "{\"b\":2}"] {
-            let mut sink = Sink::start(Outputs {
+            let mut sink = WriterThread::start(Outputs {
                 stdout: false,
                 log_file: Some(path.clone()),
+                files: PrivateFiles::default(),
             })
             .unwrap();
             assert_eq!(sink.offer(line.as_bytes().to_vec()), Offer::Queued);
             sink.close();
         }
-        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
-        fs::remove_dir_all(dir).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Ctx,
-    harness::{Daemon, Netns, Server, run_client, sleep, summary},
+    harness::{Netns, fake_imds, run_client, sleep, start_daemon_with_env, stop, summary},
     procfs::{process_cpu_ns, status_kib},
     quiet_host,
     stats::{Summary, Table},
@@ -39,7 +39,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     );
     let _moto = Moto::start()?;
     let ns = Netns::new()?;
-    let _imds = Server::fake_imds(ctx, &ns)?;
+    let _imds = fake_imds(ctx, &ns)?;
     let (mut plain, mut shipping) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         for ship in [false, true] {
@@ -119,7 +119,7 @@ fn one_run(ctx: &Ctx, ns: &Netns, ship: bool, round: usize, seconds: f64) -> Res
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
     quiet_host(&[])?;
-    let mut daemon = Daemon::start_with_env(&ctx.bins.daemon, &args, &env, &ctx.tmp, tag)?;
+    let mut daemon = start_daemon_with_env(ctx, &args, &env, tag)?;
     let cpu_before = process_cpu_ns(daemon.pid);
     let mut load = ns.command(&ctx.bins.load);
     load.args([
@@ -147,7 +147,7 @@ fn one_run(ctx: &Ctx, ns: &Netns, ship: bool, round: usize, seconds: f64) -> Res
     let cpu = process_cpu_ns(daemon.pid).saturating_sub(cpu_before);
     let rss_kib = status_kib(daemon.pid, "VmRSS")?;
     let hwm_kib = status_kib(daemon.pid, "VmHWM")?;
-    daemon.stop()?;
+    stop(&mut daemon)?;
     let events = fs::read_to_string(&log)?.lines().count() as u64;
     Ok(Run {
         events,
