@@ -1,7 +1,10 @@
 //! The `run` command: attach, read the ring buffer until told to stop, then detach, drain
 //! what is left and flush. One task owns the loaded programs and the reader.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -14,8 +17,12 @@ use tokio::{
 use crate::{
     attribution::Attributor,
     capture::{self, BackendChoice, open_connections, read_loss},
+    causes::Causes,
     host::{notify::notify, privileges, system},
-    outputs::sink::{Outputs, Sink},
+    outputs::{
+        ledger::{Ledger, store, window::Window},
+        sink::{Outputs, Sink},
+    },
     pipeline::Pipeline,
 };
 
@@ -32,6 +39,12 @@ pub struct RunOptions {
     pub log_file: Option<PathBuf>,
     pub stdout: bool,
     pub loss_report_interval: Duration,
+    /// Where the ledger lives.
+    pub state_dir: PathBuf,
+    pub ledger_interval: Duration,
+    pub max_callers: usize,
+    /// One event per request; else the first few per caller and class a minute, then summaries.
+    pub every_request: bool,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -49,8 +62,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
     })?;
+    let ledger = Ledger::new(
+        store::load_or_set_aside(&options.state_dir)?,
+        options.max_callers,
+    );
     let cgroup_root = system::cgroup2_root().ok();
-    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root));
+    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root), ledger);
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -73,9 +90,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // start-up path: each /proc/<pid>/net/tcp read walks the kernel's whole established hash
     // (4.5 ms per table on a 24 GiB host, whatever it holds), once per network namespace.
     let mut open_scan = Some(tokio::task::spawn_blocking(open_connections::scan));
+    pipeline.start_window(Window::start(SystemTime::now(), &backend.to_string()));
     notify("READY=1").context("sd_notify READY=1")?;
-    tracing::info!(%backend, log_file = ?options.log_file, "capturing IMDS requests");
+    tracing::info!(%backend, log_file = ?options.log_file, state_dir = %options.state_dir.display(), "capturing IMDS requests");
 
+    let mut ledger_tick = tokio::time::interval(options.ledger_interval);
     let mut loss_tick = tokio::time::interval(options.loss_report_interval);
     // Process records do not wake us (see the kernel side); this drains them in time.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
@@ -98,6 +117,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
             _ = loss_tick.tick() => {
                 read_loss(&loss, &mut kernel_loss);
                 pipeline.report_loss(kernel_loss);
+            }
+            _ = ledger_tick.tick() => {
+                read_loss(&loss, &mut kernel_loss);
+                write_ledger(&mut pipeline, &options.state_dir, kernel_loss, false);
             }
             _ = close_tick.tick(), if !enrolled.is_empty() => {
                 // The sends before a close are in the ring buffer already: they go first.
@@ -128,8 +151,26 @@ pub async fn run(options: RunOptions) -> Result<()> {
     pipeline.finish();
     read_loss(&loss, &mut kernel_loss);
     pipeline.report_loss(kernel_loss);
+    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, true);
     pipeline.close();
     outcome
+}
+
+/// Writes the ledger and updates the status line. A failed write is logged, not fatal: the
+/// next one may succeed, and capture goes on either way.
+fn write_ledger(
+    pipeline: &mut Pipeline,
+    state_dir: &Path,
+    kernel_loss: [u64; LOSS_COUNTERS as usize],
+    stopped: bool,
+) {
+    if let Err(error) = pipeline.write_ledger(state_dir, kernel_loss, stopped) {
+        tracing::error!(error = %Causes(&error), "writing the ledger failed");
+    }
+    let status = pipeline.status();
+    if let Err(error) = notify(&format!("STATUS={status}")) {
+        tracing::debug!(%error, "sd_notify STATUS");
+    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {

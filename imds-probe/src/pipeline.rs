@@ -16,6 +16,7 @@ use crate::{
     },
     outputs::{
         event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
+        ledger::{Ledger, store, window::Window},
         loss::LossCounts,
         sink::{Offer, Sink},
     },
@@ -44,10 +45,14 @@ struct Emitter {
     /// User-space counters; the kernel's are merged in when reporting.
     counts: LossCounts,
     reported: LossCounts,
+    /// Every request is counted here, whatever the events say.
+    ledger: Ledger,
+    /// The ledger's eviction count when this run began: the file's count spans every run.
+    evicted_before: u64,
 }
 
 impl Pipeline {
-    pub fn new(sink: Sink, who: Attributor) -> Self {
+    pub fn new(sink: Sink, who: Attributor, ledger: Ledger) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
             out: Emitter {
@@ -57,6 +62,8 @@ impl Pipeline {
                 sink,
                 counts: LossCounts::default(),
                 reported: LossCounts::default(),
+                evicted_before: ledger.callers_evicted(),
+                ledger,
             },
             items: Vec::new(),
         }
@@ -161,6 +168,38 @@ impl Pipeline {
     pub fn close(mut self) {
         self.out.sink.close();
     }
+
+    /// Opens this run's observation window in the ledger.
+    pub fn start_window(&mut self, window: Window) {
+        self.out.ledger.start_window(window);
+    }
+
+    /// Brings this run's window up to now and writes the ledger (`stopped`: at a clean stop).
+    pub fn write_ledger(
+        &mut self,
+        state_dir: &std::path::Path,
+        kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize],
+        stopped: bool,
+    ) -> Result<(), store::StoreError> {
+        let lost = self.out.total_loss(kernel).unseen();
+        self.out
+            .ledger
+            .update_window(std::time::SystemTime::now(), lost, stopped);
+        store::write(state_dir, self.out.ledger.data())
+    }
+
+    /// The line `systemctl status` shows (sd_notify STATUS=).
+    pub fn status(&self) -> String {
+        let (requests, v1_callers) = self.out.ledger.totals();
+        format!(
+            "IMDSv1 callers: {v1_callers}; requests: imdsv1 {}, imdsv2 {}, token {}, unknown {}; lost: {}",
+            requests.imdsv1,
+            requests.imdsv2,
+            requests.token,
+            requests.unknown,
+            self.out.reported.unseen()
+        )
+    }
 }
 
 impl Emitter {
@@ -180,6 +219,7 @@ impl Emitter {
                 }
                 Item::Unknown(reason) => RequestEvent::unknown(reason, ctx),
             };
+            self.ledger.record(&event, ts);
             self.write(&event);
         }
     }
@@ -247,14 +287,24 @@ impl Emitter {
         }
     }
 
+    /// Everything lost since this run began, the kernel's `kernel` counters merged in.
+    fn total_loss(
+        &self,
+        kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize],
+    ) -> LossCounts {
+        let mut total = self.counts;
+        total.processes_evicted = self.who.evicted();
+        total.ledger_callers_evicted = self.ledger.callers_evicted() - self.evicted_before;
+        total.set_kernel(kernel);
+        total.output_errors += self.sink.output_errors();
+        total
+    }
+
     /// Emits a `loss` event and a log line if anything was lost since the last report.
     fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
         self.clock.resync();
         self.who.reap(monotonic_ns());
-        let mut total = self.counts;
-        total.processes_evicted = self.who.evicted();
-        total.set_kernel(kernel);
-        total.output_errors += self.sink.output_errors();
+        let total = self.total_loss(kernel);
         let since_last = total.since(&self.reported);
         if since_last.is_zero() {
             return;

@@ -258,8 +258,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `imds-probe run` with `args` and waits for READY=1 on its $NOTIFY_SOCKET.
+    /// Starts `imds-probe run` with `args` and waits for READY=1 on its $NOTIFY_SOCKET. Each
+    /// request is an event (`--every-request`) and the ledger is the test's own (`--state-dir`
+    /// in its temporary directory) unless `args` name a state directory.
     pub fn start(args: &[&str]) -> Self {
+        let mut all = vec!["--every-request"];
+        all.extend_from_slice(args);
+        Self::start_raw(&all)
+    }
+
+    /// As `start`, with exactly these arguments besides the log file (and the state directory,
+    /// unless `args` name one).
+    pub fn start_raw(args: &[&str]) -> Self {
         // A test that failed while holding the turn poisons it; the next one may still run.
         let turn = ONE_DAEMON
             .lock()
@@ -272,10 +282,12 @@ impl Daemon {
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
         let log_file = dir.0.join("logs/events.jsonl");
-        let mut child = Command::new(bin("imds-probe"))
-            .arg("run")
-            .arg("--log-file")
-            .arg(&log_file)
+        let mut command = Command::new(bin("imds-probe"));
+        command.arg("run").arg("--log-file").arg(&log_file);
+        if !args.contains(&"--state-dir") {
+            command.arg("--state-dir").arg(dir.0.join("state"));
+        }
+        let mut child = command
             .args(args)
             .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::piped())

@@ -2,5 +2,6 @@
 //! counts of what was not delivered, `sink` writes lines to stdout and the log file.
 
 pub mod event;
+pub mod ledger;
 pub mod loss;
 pub mod sink;

@@ -358,12 +358,20 @@ impl Daemon {
     /// measurement runs it.
     pub fn logging(ctx: &Ctx, backend: &str, log: &Path, tag: &str) -> Result<Self> {
         let log = log.to_string_lossy();
-        let args = ["--backend", backend, "--no-stdout", "--log-file", &log];
+        // One event per request: what the capacity and latency figures have always measured.
+        let args = [
+            "--backend",
+            backend,
+            "--no-stdout",
+            "--every-request",
+            "--log-file",
+            &log,
+        ];
         Self::start(&ctx.bins.daemon, &args, &ctx.tmp, tag)
     }
 
-    /// Starts the daemon and waits for READY=1. `tag` names its notify socket and stderr
-    /// file in `dir`. While another imds-probe (an integration test, say) holds the
+    /// Starts the daemon and waits for READY=1. `tag` names its notify socket, stderr file and
+    /// ledger directory in `dir`. While another imds-probe (an integration test, say) holds the
     /// one-per-host lock, retries for up to two minutes.
     pub fn start(daemon: &Path, args: &[&str], dir: &TempDir, tag: &str) -> Result<Self> {
         let until = Instant::now() + Duration::from_secs(120);
@@ -398,6 +406,9 @@ impl Daemon {
         let mut command = Command::new(daemon);
         command
             .arg("run")
+            // The benchmark's own ledger, not the host's.
+            .arg("--state-dir")
+            .arg(dir.join(&format!("{tag}.state")))
             .args(args)
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
