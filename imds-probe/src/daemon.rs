@@ -22,6 +22,7 @@ use crate::{
     outputs::{
         ledger::{Ledger, store, window::Window},
         sink::{Outputs, Sink},
+        summary::Limiter,
     },
     pipeline::Pipeline,
 };
@@ -34,6 +35,9 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// hash's keys, made only while there are such sockets.
 const CLOSE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How soon after a caller's minute ends its `request_summary` is written.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct RunOptions {
     pub backend: BackendChoice,
     pub log_file: Option<PathBuf>,
@@ -45,6 +49,9 @@ pub struct RunOptions {
     pub max_callers: usize,
     /// One event per request; else the first few per caller and class a minute, then summaries.
     pub every_request: bool,
+    pub full_requests_per_minute: u32,
+    pub max_file_bytes: u64,
+    pub files_kept: u32,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -61,16 +68,20 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let sink = Sink::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
+        max_file_bytes: options.max_file_bytes,
+        files_kept: options.files_kept,
     })?;
     let ledger = Ledger::new(
         store::load_or_set_aside(&options.state_dir)?,
         options.max_callers,
     );
     let cgroup_root = system::cgroup2_root().ok();
-    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root), ledger);
+    let limiter = (!options.every_request).then(|| Limiter::new(options.full_requests_per_minute));
+    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root), ledger, limiter);
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     let capture::Probe {
         backend,
@@ -95,6 +106,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     tracing::info!(%backend, log_file = ?options.log_file, state_dir = %options.state_dir.display(), "capturing IMDS requests");
 
     let mut ledger_tick = tokio::time::interval(options.ledger_interval);
+    let mut summary_tick = tokio::time::interval(SUMMARY_INTERVAL);
     let mut loss_tick = tokio::time::interval(options.loss_report_interval);
     // Process records do not wake us (see the kernel side); this drains them in time.
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
@@ -139,6 +151,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
                     }
                     Err(error) => tracing::error!(%error, "scanning for connections open before start failed"),
                 }
+            }
+            _ = summary_tick.tick() => pipeline.summarise(),
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reopening the log file");
+                pipeline.reopen_outputs();
             }
             _ = terminate.recv() => break Ok(()),
             _ = interrupt.recv() => break Ok(()),

@@ -120,6 +120,9 @@ fn main() -> Result<()> {
                 ledger_interval: Duration::from_secs(file.ledger.write_interval_seconds.get()),
                 max_callers: file.ledger.max_callers.get(),
                 every_request: every_request || file.events.every_request,
+                full_requests_per_minute: file.events.full_requests_per_minute.get(),
+                max_file_bytes: file.events.max_file_bytes.get(),
+                files_kept: file.events.files_kept.get(),
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

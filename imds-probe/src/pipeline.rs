@@ -19,6 +19,7 @@ use crate::{
         ledger::{Ledger, store, window::Window},
         loss::LossCounts,
         sink::{Offer, Sink},
+        summary::{Limiter, SummaryEvent},
     },
     streams::{
         classify::classify,
@@ -49,10 +50,13 @@ struct Emitter {
     ledger: Ledger,
     /// The ledger's eviction count when this run began: the file's count spans every run.
     evicted_before: u64,
+    /// None: one event per request (`--every-request`).
+    limiter: Option<Limiter>,
+    summaries: Vec<SummaryEvent>,
 }
 
 impl Pipeline {
-    pub fn new(sink: Sink, who: Attributor, ledger: Ledger) -> Self {
+    pub fn new(sink: Sink, who: Attributor, ledger: Ledger, limiter: Option<Limiter>) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
             out: Emitter {
@@ -64,6 +68,8 @@ impl Pipeline {
                 reported: LossCounts::default(),
                 evicted_before: ledger.callers_evicted(),
                 ledger,
+                limiter,
+                summaries: Vec::new(),
             },
             items: Vec::new(),
         }
@@ -154,7 +160,8 @@ impl Pipeline {
         }
     }
 
-    /// The daemon is stopping: heads still in flight become `unknown`.
+    /// The daemon is stopping: heads still in flight become `unknown`, and every window of
+    /// the event limiter is summarised.
     pub fn finish(&mut self) {
         let now = monotonic_ns();
         for (cookie, mut connection) in self.connections.drain() {
@@ -163,6 +170,17 @@ impl Pipeline {
                 .finish(UnknownReason::IncompleteAtShutdown, &mut self.items);
             self.out.emit(cookie, &connection, now, &mut self.items);
         }
+        self.out.summarise(now, true);
+    }
+
+    /// Writes the `request_summary` events of the limiter's windows that have ended.
+    pub fn summarise(&mut self) {
+        self.out.summarise(monotonic_ns(), false);
+    }
+
+    /// SIGHUP: the log file is opened again (logrotate moved it).
+    pub fn reopen_outputs(&self) {
+        self.out.sink.reopen();
     }
 
     pub fn close(mut self) {
@@ -220,8 +238,33 @@ impl Emitter {
                 Item::Unknown(reason) => RequestEvent::unknown(reason, ctx),
             };
             self.ledger.record(&event, ts);
-            self.write(&event);
+            let full = match self.limiter.as_mut() {
+                Some(limiter) => limiter.admit(&event, ts, &self.clock, &mut self.summaries),
+                None => true,
+            };
+            self.write_summaries();
+            if full {
+                self.write(&event);
+            }
         }
+    }
+
+    fn summarise(&mut self, now_ns: u64, all: bool) {
+        if let Some(limiter) = self.limiter.as_mut() {
+            let ended = limiter.ended(now_ns, all, &self.clock);
+            self.summaries.extend(ended);
+            self.write_summaries();
+        }
+    }
+
+    fn write_summaries(&mut self) {
+        let summaries = std::mem::take(&mut self.summaries);
+        for summary in &summaries {
+            self.write(summary);
+        }
+        // The buffer is reused: no allocation per request.
+        self.summaries = summaries;
+        self.summaries.clear();
     }
 
     fn write<T: serde::Serialize>(&mut self, event: &T) {

@@ -3,21 +3,22 @@
 //! fit is counted by the caller.
 
 use std::{
-    fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread::JoinHandle,
 };
 
+use crate::outputs::rotation::RotatingFile;
+
 /// Events queued for writing at most: about a second of a 20,000 requests/s burst. The
 /// queue's slots are allocated up front.
 pub const QUEUE_CAPACITY: usize = 16_384;
-/// Output buffers: events are one to a few KiB, so the default 8 KiB would mean a write(2)
+/// Stdout's buffer: events are one to a few KiB, so the default 8 KiB would mean a write(2)
 /// every few events.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -36,12 +37,17 @@ pub enum SinkError {
 pub struct Outputs {
     pub stdout: bool,
     pub log_file: Option<PathBuf>,
+    /// Rotation of the log file (see `rotation`).
+    pub max_file_bytes: u64,
+    pub files_kept: u32,
 }
 
 pub struct Sink {
     queue: Option<SyncSender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     output_errors: Arc<AtomicU64>,
+    /// Set by SIGHUP: the writer reopens the log file before its next lines.
+    reopen: Arc<AtomicBool>,
 }
 
 /// Result of offering a line to the queue.
@@ -57,20 +63,39 @@ pub enum Offer {
 
 impl Sink {
     pub fn start(outputs: Outputs) -> Result<Self, SinkError> {
-        let file = outputs.log_file.as_deref().map(open_log).transpose()?;
+        let file = outputs
+            .log_file
+            .as_deref()
+            .map(|path| {
+                RotatingFile::open(path, outputs.max_file_bytes, outputs.files_kept).map_err(
+                    |source| SinkError::Open {
+                        path: path.to_owned(),
+                        source,
+                    },
+                )
+            })
+            .transpose()?;
         let (queue, lines) = mpsc::sync_channel(QUEUE_CAPACITY);
         let output_errors = Arc::new(AtomicU64::new(0));
         let errors = Arc::clone(&output_errors);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let reopen_flag = Arc::clone(&reopen);
         let stdout = outputs.stdout;
         let writer = std::thread::Builder::new()
             .name("imds-probe-sink".into())
-            .spawn(move || write_lines(lines, stdout, file, &errors))
+            .spawn(move || write_lines(lines, stdout, file, &errors, &reopen_flag))
             .map_err(SinkError::Thread)?;
         Ok(Self {
             queue: Some(queue),
             writer: Some(writer),
             output_errors,
+            reopen,
         })
+    }
+
+    /// Reopens the log file before the next lines (SIGHUP, for logrotate).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     /// Queues one JSON line (without its newline).
@@ -107,26 +132,12 @@ fn offer_to(queue: &SyncSender<Vec<u8>>, line: Vec<u8>) -> Offer {
     }
 }
 
-fn open_log(path: &Path) -> Result<BufWriter<File>, SinkError> {
-    let open = || {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)?;
-        }
-        OpenOptions::new().create(true).append(true).open(path)
-    };
-    open()
-        .map(BufWriter::new)
-        .map_err(|source| SinkError::Open {
-            path: path.to_owned(),
-            source,
-        })
-}
-
 fn write_lines(
     lines: Receiver<Vec<u8>>,
     stdout: bool,
-    mut file: Option<BufWriter<File>>,
+    mut file: Option<RotatingFile>,
     errors: &AtomicU64,
+    reopen: &AtomicBool,
 ) {
     let mut out = stdout.then(|| BufWriter::with_capacity(WRITE_BUFFER_BYTES, io::stdout().lock()));
     let mut failed_before = false;
@@ -144,6 +155,11 @@ fn write_lines(
     // Block for the first line, then take whatever else is already queued before flushing:
     // one flush per burst, not per event.
     while let Ok(first) = lines.recv() {
+        if reopen.swap(false, Ordering::Relaxed)
+            && let Some(file) = file.as_mut()
+        {
+            record(file.reopen());
+        }
         let mut line = Some(first);
         while let Some(mut bytes) = line.take().or_else(|| lines.try_recv().ok()) {
             bytes.push(b'\n');
@@ -151,7 +167,7 @@ fn write_lines(
                 record(out.write_all(&bytes));
             }
             if let Some(file) = file.as_mut() {
-                record(file.write_all(&bytes));
+                record(file.write_line(&bytes));
             }
         }
         if let Some(out) = out.as_mut() {
@@ -184,12 +200,17 @@ mod tests {
             let mut sink = Sink::start(Outputs {
                 stdout: false,
                 log_file: Some(path.clone()),
+                max_file_bytes: 1 << 20,
+                files_kept: 1,
             })
             .unwrap();
             assert_eq!(sink.offer(line.as_bytes().to_vec()), Offer::Queued);
             sink.close();
         }
-        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
-        fs::remove_dir_all(dir).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

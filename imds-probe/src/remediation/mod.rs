@@ -79,6 +79,7 @@ pub fn advise(caller: &Caller) -> Advice {
     } else {
         match &sdk {
             Some(sdk) => sdk_advice(sdk, caller),
+            None if is_hand_made(caller) => format!("a hand-made call: {ADD_A_TOKEN}"),
             None => format!(
                 "no SDK recognised: find the IMDS call in {} and {ADD_A_TOKEN}",
                 caller.key.exe.as_deref().unwrap_or("this program")
@@ -122,12 +123,17 @@ fn sdk_advice(sdk: &SdkGuess, caller: &Caller) -> String {
     }
 }
 
+fn is_hand_made(caller: &Caller) -> bool {
+    let exe = caller.key.exe.as_deref().unwrap_or("");
+    HAND_MADE.contains(&exe.rsplit('/').next().unwrap_or(exe))
+}
+
 /// For callers without a User-Agent that names an SDK: what the executable, the command line
 /// and the request pattern suggest. Hand-made calls name no SDK.
 fn infer(caller: &Caller) -> Option<SdkGuess> {
     let exe = caller.key.exe.as_deref()?;
     let base = exe.rsplit('/').next().unwrap_or(exe);
-    if HAND_MADE.contains(&base) {
+    if is_hand_made(caller) {
         return None;
     }
     let runs = |name: &str| {
@@ -266,7 +272,11 @@ mod tests {
     fn hand_made_calls_name_no_sdk() {
         let advice = advise(&caller("/usr/bin/curl", Some("curl/7.88.1")));
         assert_eq!(advice.sdk, None);
-        assert!(advice.remediation.contains("PUT /latest/api/token"));
+        assert!(
+            advice
+                .remediation
+                .starts_with("a hand-made call: fetch a token first")
+        );
     }
 
     #[test]

@@ -168,14 +168,17 @@ mod tests {
     #[test]
     fn the_verdict_comes_first_then_the_callers() {
         let mut ledger = Ledger::new(LedgerData::default(), 10);
-        ledger.record(
-            &request(
-                "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nUser-Agent: Botocore/1.12.253 Python/3.7\r\n\r\n",
-                sender(1, "/usr/bin/python3"),
-                100,
-            ),
-            1,
-        );
+        // Two IMDSv1 requests: listed before curl's one, however recent.
+        for ts in [100, 99] {
+            ledger.record(
+                &request(
+                    "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nUser-Agent: Botocore/1.12.253 Python/3.7\r\n\r\n",
+                    sender(1, "/usr/bin/python3"),
+                    ts,
+                ),
+                ts,
+            );
+        }
         ledger.record(&request(V1, sender(2, "/usr/bin/curl"), 101), 2);
         let report = build(
             Some(ledger.data()),
