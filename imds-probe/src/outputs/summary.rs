@@ -139,7 +139,7 @@ impl Limiter {
 
 /// The window's summary, if anything in it went unwritten.
 fn summary(key: CallerKey, slot: Slot, until: Timestamp) -> Option<SummaryEvent> {
-    (slot.summarised.total() > 0).then(|| SummaryEvent {
+    (slot.summarised.total() > 0).then_some(SummaryEvent {
         ts: until,
         event: SummaryEvent::NAME,
         since: slot.since,
