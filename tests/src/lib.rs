@@ -138,6 +138,15 @@ impl Netns {
 
     /// Starts the project's fake IMDS in the namespace and waits until it listens.
     pub fn fake_imds(&self, mode: &str, extra_listen: &[&str]) -> Server {
+        let mut args = Vec::new();
+        for listen in extra_listen {
+            args.extend(["--listen", listen]);
+        }
+        self.fake_imds_with(mode, &args)
+    }
+
+    /// As `fake_imds`, with more arguments (e.g. `--drop-token-puts`).
+    pub fn fake_imds_with(&self, mode: &str, args: &[&str]) -> Server {
         let mut cmd = self.command(bin("fake-imds"));
         cmd.args([
             "--mode",
@@ -147,9 +156,7 @@ impl Netns {
             "--listen",
             "[fd00:ec2::254]:80",
         ]);
-        for listen in extra_listen {
-            cmd.args(["--listen", listen]);
-        }
+        cmd.args(args);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -446,6 +453,13 @@ impl Daemon {
             from_pid.is_empty(),
             "expected no requests from pid {pid}, got {from_pid:#?}"
         );
+    }
+
+    /// SIGKILL (`kill -9`): no chance to write anything more.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9 imds-probe");
+        child.wait().expect("wait");
     }
 
     /// SIGTERM, then wait for a clean exit.
