@@ -1,4 +1,4 @@
-//! `cargo xtask bench [overhead|capacity|latency|startup|all]`: numbers measured side by side
+//! `cargo xtask bench [overhead|capacity|latency|startup|log-volume|all]`: numbers measured side by side
 //! in one run, printed as tables with medians and spreads. Nothing here asserts a speed; the
 //! targets are printed next to the numbers for a reader to judge.
 //!
@@ -10,6 +10,7 @@ mod capacity;
 mod clients;
 mod harness;
 mod latency;
+mod log_volume;
 mod overhead;
 mod processes;
 mod procfs;
@@ -73,6 +74,8 @@ enum Which {
     Processes,
     /// Errors watched clients get from their own socket calls, by request size.
     Clients,
+    /// Bytes of events per request: one caller polling 10/s, 100 callers, --every-request.
+    LogVolume,
     All,
 }
 
@@ -161,6 +164,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Capacity => capacity::run(&ctx)?,
             Which::Processes => processes::run(&ctx)?,
             Which::Clients => clients::run(&ctx)?,
+            Which::LogVolume => log_volume::run(&ctx)?,
             Which::All => unreachable!("expanded above"),
         }
     }
