@@ -18,8 +18,16 @@ pub const DEFAULT_PATH: &str = "/etc/imds-probe/config.toml";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub capture: Capture,
+    pub attribution: AttributionSettings,
     pub events: Events,
     pub ledger: LedgerSettings,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributionSettings {
+    /// Words whose values are scrubbed from command lines, beside the built-in ones.
+    pub sensitive_words: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -43,6 +51,8 @@ impl Default for Capture {
 pub struct Events {
     pub stdout: bool,
     pub log_file: Option<PathBuf>,
+    /// The group (name or gid) that may read the log file, besides root.
+    pub output_group: Option<String>,
     /// One event per request, instead of the first few per caller and class a minute plus a
     /// `request_summary`.
     pub every_request: bool,
@@ -58,6 +68,7 @@ impl Default for Events {
         Self {
             stdout: true,
             log_file: None,
+            output_group: None,
             every_request: false,
             full_requests_per_minute: NonZeroU32::new(10).unwrap(),
             max_file_bytes: NonZeroU64::new(100 * 1024 * 1024).unwrap(),
@@ -162,6 +173,8 @@ mod tests {
             "loss_report_interval_seconds",
             "stdout",
             "log_file",
+            "output_group",
+            "sensitive_words",
             "every_request",
             "full_requests_per_minute",
             "max_file_bytes",

@@ -12,42 +12,46 @@ use imds_probe_common::loss::LOSS_COUNTERS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior},
 };
 
 use crate::{
-    attribution::Attributor,
+    attribution::{Attributor, redact::Redactor, source::ProcReader},
     capture::{self, BackendChoice, open_connections, read_loss},
     causes::Causes,
-    host::{notify::notify, privileges, system},
+    host::{notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::{
+        event::Clock,
         ledger::{Ledger, store, window::Window},
-        sink::{Outputs, Sink},
+        sink::{Outputs, WriterThread},
         summary::Limiter,
     },
     pipeline::Pipeline,
 };
 
-/// How often the ring buffer is drained without a wake-up. At 4 MiB it holds several
-/// thousand exec records, far more than even a fork-heavy host makes in this time.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
-
-/// How soon the close of a socket enrolled by the daemon is noticed: a look through the socket
-/// hash's keys, made only while there are such sockets.
-const CLOSE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How soon after a caller's minute ends its `request_summary` is written.
-const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+/// The daemon's one timer, so an idle daemon wakes about once a second. Each tick drains the
+/// process records that did not wake the reader (the kernel wakes it for those only once they
+/// pile up), looks for the close of sockets the daemon enrolled itself (a look through the
+/// socket hash's keys, only while there are such sockets), follows clock steps, reaps exited
+/// processes, writes the callers' `request_summary` events, and reports loss and writes the
+/// ledger when those are due.
+const TICK: Duration = Duration::from_secs(1);
 
 pub struct RunOptions {
     pub backend: BackendChoice,
     pub log_file: Option<PathBuf>,
     pub stdout: bool,
     pub loss_report_interval: Duration,
+    /// Words whose values are scrubbed from command lines, beside the default ones.
+    pub sensitive_words: Vec<String>,
+    /// The group (name or gid) that may read the files the daemon writes, besides root.
+    pub output_group: Option<String>,
     /// Where the ledger lives.
     pub state_dir: PathBuf,
     pub ledger_interval: Duration,
     pub max_callers: usize,
-    /// One event per request; else the first few per caller and class a minute, then summaries.
+    /// One event per request; else the first few per caller and class a minute, then
+    /// summaries.
     pub every_request: bool,
     pub full_requests_per_minute: u32,
     pub max_file_bytes: u64,
@@ -57,6 +61,8 @@ pub struct RunOptions {
 pub async fn run(options: RunOptions) -> Result<()> {
     // Before anything else: without these, every later step fails with a less useful error.
     privileges::check()?;
+    PrivateFiles::restrict_process_umask();
+    let files = PrivateFiles::new(options.output_group.as_deref())?;
     let _instance = system::single_instance()?;
     // Start-up reads and parses the kernel's BTF twice (our offset reader, then aya's loader,
     // which parses it even though nothing uses it): megabytes, freed right away. With glibc's
@@ -65,9 +71,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // goes back to the kernel when freed (VmHWM 28.7 -> 23.2 MiB on 6.18; see README).
     // SAFETY: mallopt only tunes glibc's allocator; it is called before start-up allocates.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
-    let sink = Sink::start(Outputs {
+    let sink = WriterThread::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
+        files,
         max_file_bytes: options.max_file_bytes,
         files_kept: options.files_kept,
     })?;
@@ -75,9 +82,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
         store::load_or_set_aside(&options.state_dir)?,
         options.max_callers,
     );
-    let cgroup_root = system::cgroup2_root().ok();
     let limiter = (!options.every_request).then(|| Limiter::new(options.full_requests_per_minute));
-    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root), ledger, limiter);
+    let cgroup_root = system::cgroup2_root().ok();
+    let redactor = Redactor::new(&options.sensitive_words)?;
+    let mut who = Attributor::new(Box::new(ProcReader::new(cgroup_root)), redactor);
+    who.seed();
+    let mut pipeline = Pipeline::new(Box::new(sink), who, Clock::host(), ledger, limiter);
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -103,16 +113,19 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut open_scan = Some(tokio::task::spawn_blocking(open_connections::scan));
     pipeline.start_window(Window::start(SystemTime::now(), &backend.to_string()));
     notify("READY=1").context("sd_notify READY=1")?;
-    tracing::info!(%backend, log_file = ?options.log_file, state_dir = %options.state_dir.display(), "capturing IMDS requests");
+    tracing::info!(
+        %backend,
+        log_file = ?options.log_file,
+        state_dir = %options.state_dir.display(),
+        "capturing IMDS requests"
+    );
 
-    let mut ledger_tick = tokio::time::interval(options.ledger_interval);
-    let mut summary_tick = tokio::time::interval(SUMMARY_INTERVAL);
-    let mut loss_tick = tokio::time::interval(options.loss_report_interval);
-    // Process records do not wake us (see the kernel side); this drains them in time.
-    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut loss_due = Instant::now() + options.loss_report_interval;
+    let mut ledger_due = Instant::now() + options.ledger_interval;
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
-    let mut close_tick = tokio::time::interval(CLOSE_CHECK_INTERVAL);
     let mut kernel_loss = [0; LOSS_COUNTERS as usize];
     // An error ends the loop but not the shutdown below: what was captured is still drained,
     // written and accounted for before the error is returned.
@@ -125,21 +138,30 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 }
                 Err(error) => break Err(anyhow::Error::new(error).context("waiting on the ring buffer")),
             },
-            _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline),
-            _ = loss_tick.tick() => {
-                read_loss(&loss, &mut kernel_loss);
-                pipeline.report_loss(kernel_loss);
-            }
-            _ = ledger_tick.tick() => {
-                read_loss(&loss, &mut kernel_loss);
-                write_ledger(&mut pipeline, &options.state_dir, kernel_loss, false);
-            }
-            _ = close_tick.tick(), if !enrolled.is_empty() => {
-                // The sends before a close are in the ring buffer already: they go first.
+            now = tick.tick() => {
+                // First: the sends before a close, and the process records before any later
+                // send, are in the ring buffer already.
                 drain(ring.get_mut(), &mut pipeline);
-                for cookie in capture::sk_msg::closed(&ebpf, &mut enrolled) {
-                    pipeline.closed_unreported(cookie);
+                if !enrolled.is_empty() {
+                    for cookie in capture::sk_msg::closed(&ebpf, &mut enrolled) {
+                        pipeline.closed_unreported(cookie);
+                    }
                 }
+                pipeline.tick();
+                if now >= loss_due {
+                    loss_due = now + options.loss_report_interval;
+                    read_loss(&loss, &mut kernel_loss);
+                    pipeline.report_loss(kernel_loss);
+                }
+                if now >= ledger_due {
+                    ledger_due = now + options.ledger_interval;
+                    read_loss(&loss, &mut kernel_loss);
+                    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, false);
+                }
+            }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reopening the log file");
+                pipeline.reopen_outputs();
             }
             scan = async { open_scan.as_mut().unwrap().await }, if open_scan.is_some() => {
                 open_scan = None;
@@ -151,11 +173,6 @@ pub async fn run(options: RunOptions) -> Result<()> {
                     }
                     Err(error) => tracing::error!(%error, "scanning for connections open before start failed"),
                 }
-            }
-            _ = summary_tick.tick() => pipeline.summarise(),
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reopening the log file");
-                pipeline.reopen_outputs();
             }
             _ = terminate.recv() => break Ok(()),
             _ = interrupt.recv() => break Ok(()),

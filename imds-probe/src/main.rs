@@ -56,6 +56,15 @@ enum Command {
         /// Where the caller ledger is kept.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Scrub the value after this word in command lines too (repeatable; added to the
+        /// config file's), beside password, passwd, secret, token, api_key, apikey,
+        /// access_key, secret_key, credential, auth and private_key.
+        #[arg(long = "sensitive-word", value_name = "WORD")]
+        sensitive_words: Vec<String>,
+        /// Let this group (name or gid) read the log file and the directories made for it
+        /// (mode 0640/0750); without it only root can.
+        #[arg(long, value_name = "GROUP")]
+        output_group: Option<String>,
     },
     /// Is it safe to require IMDSv2 here? Reads the ledger (the daemon may run or not).
     ///
@@ -105,8 +114,12 @@ fn main() -> Result<()> {
             every_request,
             loss_report_interval,
             state_dir,
+            sensitive_words,
+            output_group,
         } => {
             let file = load_config(config.as_deref())?;
+            let mut words = file.attribution.sensitive_words;
+            words.extend(sensitive_words);
             let options = RunOptions {
                 backend: backend.unwrap_or(file.capture.backend),
                 log_file: log_file.or(file.events.log_file),
@@ -123,6 +136,8 @@ fn main() -> Result<()> {
                 full_requests_per_minute: file.events.full_requests_per_minute.get(),
                 max_file_bytes: file.events.max_file_bytes.get(),
                 files_kept: file.events.files_kept.get(),
+                sensitive_words: words,
+                output_group: output_group.or(file.events.output_group),
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

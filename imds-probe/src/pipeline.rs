@@ -1,6 +1,8 @@
 //! One record at a time, in ring buffer order: decode -> reassemble per connection ->
 //! classify -> attribute -> queue for the sinks. Synchronous and single-threaded: the order
-//! of records is the order of sends, and nothing here waits on I/O except /proc reads.
+//! of records is the order of sends, and nothing here waits on I/O except the process
+//! source's (/proc) reads. Its parts are given to it (the sink, the attributor's process
+//! source, the clock), so a test drives it with record bytes and reads JSON lines back.
 
 use std::{
     collections::HashSet,
@@ -42,7 +44,7 @@ struct Emitter {
     /// send hooks a kernel address that must not be disclosed) into the opaque id events carry.
     connection_ids: RandomState,
     clock: Clock,
-    sink: Sink,
+    sink: Box<dyn Sink>,
     /// User-space counters; the kernel's are merged in when reporting.
     counts: LossCounts,
     reported: LossCounts,
@@ -56,13 +58,21 @@ struct Emitter {
 }
 
 impl Pipeline {
-    pub fn new(sink: Sink, who: Attributor, ledger: Ledger, limiter: Option<Limiter>) -> Self {
+    /// `ledger` counts every request; `limiter` bounds the request events (None: one per
+    /// request).
+    pub fn new(
+        sink: Box<dyn Sink>,
+        who: Attributor,
+        clock: Clock,
+        ledger: Ledger,
+        limiter: Option<Limiter>,
+    ) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
             out: Emitter {
                 who,
                 connection_ids: RandomState::new(),
-                clock: Clock::new(),
+                clock,
                 sink,
                 counts: LossCounts::default(),
                 reported: LossCounts::default(),
@@ -127,6 +137,16 @@ impl Pipeline {
         }
     }
 
+    /// Housekeeping, once a second: follows steps of the wall clock (NTP), drops the
+    /// processes whose grace period after exit has ended, and writes the `request_summary`
+    /// events of the callers' windows that have ended.
+    pub fn tick(&mut self) {
+        self.out.clock.resync();
+        let now = self.out.clock.monotonic_ns();
+        self.out.who.reap(now);
+        self.out.summarise(now, false);
+    }
+
     /// Emits a `loss` event and a log line if anything was lost since the last report.
     pub fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
         self.out.report_loss(kernel);
@@ -146,7 +166,7 @@ impl Pipeline {
     /// The connection `cookie` closed a moment ago and no program said so: the daemon found
     /// out itself (`capture::sk_msg::closed`).
     pub fn closed_unreported(&mut self, cookie: u64) {
-        self.close_connection(cookie, monotonic_ns());
+        self.close_connection(cookie, self.out.clock.monotonic_ns());
     }
 
     /// The connection `cookie` closed at `ts_ns`: a head in flight is `unknown`.
@@ -163,7 +183,7 @@ impl Pipeline {
     /// The daemon is stopping: heads still in flight become `unknown`, and every window of
     /// the event limiter is summarised.
     pub fn finish(&mut self) {
-        let now = monotonic_ns();
+        let now = self.out.clock.monotonic_ns();
         for (cookie, mut connection) in self.connections.drain() {
             connection
                 .stream
@@ -173,18 +193,13 @@ impl Pipeline {
         self.out.summarise(now, true);
     }
 
-    /// Writes the `request_summary` events of the limiter's windows that have ended.
-    pub fn summarise(&mut self) {
-        self.out.summarise(monotonic_ns(), false);
+    pub fn close(mut self) {
+        self.out.sink.close();
     }
 
     /// SIGHUP: the log file is opened again (logrotate moved it).
     pub fn reopen_outputs(&self) {
         self.out.sink.reopen();
-    }
-
-    pub fn close(mut self) {
-        self.out.sink.close();
     }
 
     /// Opens this run's observation window in the ledger.
@@ -200,9 +215,8 @@ impl Pipeline {
         stopped: bool,
     ) -> Result<(), store::StoreError> {
         let lost = self.out.total_loss(kernel).unseen();
-        self.out
-            .ledger
-            .update_window(std::time::SystemTime::now(), lost, stopped);
+        let now = self.out.clock.now().0;
+        self.out.ledger.update_window(now, lost, stopped);
         store::write(state_dir, self.out.ledger.data())
     }
 
@@ -345,8 +359,6 @@ impl Emitter {
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
     fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
-        self.clock.resync();
-        self.who.reap(monotonic_ns());
         let total = self.total_loss(kernel);
         let since_last = total.since(&self.reported);
         if since_last.is_zero() {
@@ -363,9 +375,5 @@ impl Emitter {
     }
 }
 
-/// CLOCK_MONOTONIC, the clock of the kernel's record timestamps.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
+#[cfg(test)]
+mod golden;

@@ -12,9 +12,9 @@
 //! after its send (reassembly may wait for the rest of it) and because its children still name
 //! it as their parent. The table is bounded; see [`ProcessTable::evicted`] for what goes first.
 //!
-//! /proc fills in what the events cannot tell: the processes already running when the daemon
-//! starts ([`ProcessTable::seed_from_proc`]) and any that slipped past
-//! ([`ProcessTable::get_or_load`]).
+//! The host (/proc, through a [`ProcessSource`]) fills in what the events cannot tell: the
+//! processes already running when the daemon starts ([`ProcessTable::seed`]) and any that
+//! slipped past ([`ProcessTable::get_or_load`]).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -25,7 +25,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::proc_fs::{self, parse_cmdline};
+use super::{proc_fs::parse_cmdline, redact::Redactor, source::ProcessSource};
 
 /// How far `parents` climbs; real trees are far shallower, so this only stops runaways.
 const MAX_PARENT_HOPS: usize = 32;
@@ -89,7 +89,7 @@ pub struct ProcessRecord {
     /// Empty when the image is unknown (forked from a parent nobody knows).
     pub comm: String,
     pub exe: Option<String>,
-    /// Bounded and redacted by `parse_cmdline`; ends in "…" when the kernel or the read cut it.
+    /// Bounded by `parse_cmdline`, scrubbed by the table's `Redactor`; ends in "…" when the kernel or the read cut it.
     pub cmdline: Option<Vec<String>>,
     /// [`UNKNOWN_ID`] when the image is unknown.
     pub uid: u32,
@@ -136,7 +136,7 @@ pub struct ProcessTable {
     now_ns: u64,
     next_stamp: u64,
     evicted: u64,
-    clk_tck: u64,
+    redactor: Redactor,
 }
 
 impl ProcessTable {
@@ -151,16 +151,21 @@ impl ProcessTable {
             now_ns: 0,
             next_stamp: 0,
             evicted: 0,
-            clk_tck: clk_tck(),
+            redactor: Redactor::default(),
         }
     }
 
-    /// Seeds from /proc (all processes present now). Reads /proc/<pid>/{stat,status,exe,cmdline};
-    /// the comm is taken from stat, which holds the same text as /proc/<pid>/comm, read in the
-    /// same snapshot as the ppid. Skips what vanished, and pids the table already has: those
-    /// came from events, which are exact where /proc is a later, bounded read.
-    pub fn seed_from_proc(&mut self) {
-        let pids = match proc_fs::pids() {
+    /// Scrubs every command line the table stores, the kernel's and the host's, with
+    /// `redactor` rather than the default words.
+    pub fn redacting(self, redactor: Redactor) -> Self {
+        Self { redactor, ..self }
+    }
+
+    /// Seeds from the host (all processes present now). Skips what vanished, and pids the
+    /// table already has: those came from events, which are exact where /proc is a later,
+    /// bounded read.
+    pub fn seed(&mut self, source: &mut dyn ProcessSource) {
+        let pids = match source.pids() {
             Ok(pids) => pids,
             Err(error) => {
                 tracing::warn!(%error, "cannot list /proc; processes started before now are unknown");
@@ -169,7 +174,7 @@ impl ProcessTable {
         };
         for pid in pids {
             if !self.entries.contains_key(&pid)
-                && let Some(record) = load(pid, self.clk_tck)
+                && let Some(record) = source.process(pid, &self.redactor)
             {
                 self.insert(record);
             }
@@ -184,16 +189,17 @@ impl ProcessTable {
             ns_pid: known_pid(e.ns_pid),
             comm: e.comm,
             exe: (!e.exe.is_empty()).then_some(e.exe),
-            cmdline: cmdline_from(&e.argv_raw, e.argv_truncated),
+            cmdline: cmdline_from(&e.argv_raw, e.argv_truncated, &self.redactor),
             uid: e.uid,
             gid: e.gid,
             start_time_ns: Some(e.start_time_ns),
         });
     }
 
-    pub fn fork(&mut self, f: ForkInfo) {
+    /// A parent the table does not know is looked up in `source`.
+    pub fn fork(&mut self, f: ForkInfo, source: &mut dyn ProcessSource) {
         self.advance(f.ts_ns);
-        let child = match self.get_or_load(f.parent_pid) {
+        let child = match self.get_or_load(f.parent_pid, source) {
             Some(parent) => ProcessRecord {
                 pid: f.child_pid,
                 ppid: f.parent_pid,
@@ -262,11 +268,15 @@ impl ProcessTable {
         chain
     }
 
-    /// Fills in a pid the table does not know from /proc (e.g. started before seeding raced),
-    /// inserting it. Returns None if /proc has nothing.
-    pub fn get_or_load(&mut self, pid: u32) -> Option<&ProcessRecord> {
+    /// Fills in a pid the table does not know from the host (e.g. started before seeding
+    /// raced), inserting it. Returns None if the host has nothing.
+    pub fn get_or_load(
+        &mut self,
+        pid: u32,
+        source: &mut dyn ProcessSource,
+    ) -> Option<&ProcessRecord> {
         if !self.entries.contains_key(&pid) {
-            let record = load(pid, self.clk_tck)?;
+            let record = source.process(pid, &self.redactor)?;
             self.insert(record);
         }
         self.get(pid)
@@ -346,11 +356,11 @@ impl ProcessTable {
 }
 
 /// The args, or None when there are none to show (a kernel thread, a zombie, an empty read).
-fn cmdline_from(raw: &[u8], truncated: bool) -> Option<Vec<String>> {
+fn cmdline_from(raw: &[u8], truncated: bool, redactor: &Redactor) -> Option<Vec<String>> {
     let mut args = if raw.is_empty() {
         Vec::new()
     } else {
-        parse_cmdline(raw)
+        redactor.redact(parse_cmdline(raw))
     };
     if truncated {
         args.push(TRUNCATED.to_owned());
@@ -358,8 +368,10 @@ fn cmdline_from(raw: &[u8], truncated: bool) -> Option<Vec<String>> {
     (!args.is_empty()).then_some(args)
 }
 
-/// One process from /proc, or None if it is gone (or hidden from us).
-fn load(pid: u32, clk_tck: u64) -> Option<ProcessRecord> {
+/// One process from /proc, or None if it is gone (or hidden from us). Reads
+/// /proc/<pid>/{stat,status,exe,cmdline}; the comm is taken from stat, which holds the same
+/// text as /proc/<pid>/comm, read in the same snapshot as the ppid.
+pub(crate) fn load(pid: u32, clk_tck: u64, redactor: &Redactor) -> Option<ProcessRecord> {
     let dir = Path::new("/proc").join(pid.to_string());
     // Lossy: a comm is any bytes the process chose.
     let stat = parse_stat(&String::from_utf8_lossy(&fs::read(dir.join("stat")).ok()?))?;
@@ -376,14 +388,14 @@ fn load(pid: u32, clk_tck: u64) -> Option<ProcessRecord> {
         ns_pid: parse_status_ns_pid(&status),
         comm: stat.comm,
         exe,
-        cmdline: read_cmdline(&dir.join("cmdline")),
+        cmdline: read_cmdline(&dir.join("cmdline"), redactor),
         uid,
         gid,
         start_time_ns: Some(ticks_to_ns(stat.start_ticks, clk_tck)),
     })
 }
 
-fn read_cmdline(path: &Path) -> Option<Vec<String>> {
+fn read_cmdline(path: &Path, redactor: &Redactor) -> Option<Vec<String>> {
     let mut raw = Vec::new();
     File::open(path)
         .ok()?
@@ -392,7 +404,7 @@ fn read_cmdline(path: &Path) -> Option<Vec<String>> {
         .ok()?;
     let truncated = raw.len() > MAX_CMDLINE_BYTES;
     raw.truncate(MAX_CMDLINE_BYTES);
-    cmdline_from(&raw, truncated)
+    cmdline_from(&raw, truncated, redactor)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -447,7 +459,7 @@ fn ticks_to_ns(ticks: u64, clk_tck: u64) -> u64 {
     u64::try_from(ns).unwrap_or(u64::MAX)
 }
 
-fn clk_tck() -> u64 {
+pub(crate) fn clk_tck() -> u64 {
     Some(rustix::param::clock_ticks_per_second())
         .filter(|&hz| hz > 0)
         .unwrap_or(DEFAULT_CLK_TCK)
@@ -458,6 +470,12 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::attribution::source::ProcReader;
+
+    /// The host's processes, without cgroups.
+    fn host() -> ProcReader {
+        ProcReader::new(None)
+    }
 
     /// Above the kernel's PID_MAX_LIMIT (2^22), so no test pid is ever found in /proc.
     const P: u32 = 5_000_000;
@@ -521,7 +539,7 @@ mod tests {
     fn fork_exec_exit_then_reap_after_grace() {
         let mut table = ProcessTable::new(16, 100);
         table.exec(exec(P, 1, "bash", 10));
-        table.fork(fork(P, P + 1, 20));
+        table.fork(fork(P, P + 1, 20), &mut host());
         let child = table.get(P + 1).cloned();
         assert_eq!(
             child,
@@ -577,7 +595,7 @@ mod tests {
         for record in buffer {
             match record {
                 Record::Exec(e) => table.exec(e),
-                Record::Fork(f) => table.fork(f),
+                Record::Fork(f) => table.fork(f, &mut host()),
                 Record::Exit(x) => table.exit(x),
                 Record::Send(pid) => senders.push(table.get(pid).map(|r| r.comm.clone())),
             }
@@ -670,7 +688,7 @@ mod tests {
 
         // A fork onto a live pid: the kernel says the pid is a new process.
         table.exec(exec(P + 1, 7, "stale", 4));
-        table.fork(fork(P, P + 1, 5));
+        table.fork(fork(P, P + 1, 5), &mut host());
         let child = table.get(P + 1).cloned();
         assert_eq!(
             child.as_ref().map(|c| (c.comm.as_str(), c.ppid)),
@@ -680,7 +698,7 @@ mod tests {
 
         // And onto an exited one.
         table.exit(exit(P + 1, 6));
-        table.fork(fork(P, P + 1, 7));
+        table.fork(fork(P, P + 1, 7), &mut host());
         assert_eq!(exited(&table, P + 1), None);
         assert_eq!(table.len(), 2);
         assert!(consistent(&table));
@@ -726,7 +744,7 @@ mod tests {
     fn fork_loads_an_unknown_parent_from_proc_or_leaves_the_image_unknown() {
         let me = std::process::id();
         let mut table = ProcessTable::new(16, 1_000);
-        table.fork(fork(me, P, 1));
+        table.fork(fork(me, P, 1), &mut host());
         let child = table.get(P).cloned();
         let exe = std::env::current_exe()
             .ok()
@@ -736,7 +754,7 @@ mod tests {
         assert_eq!(child.map(|c| c.ppid), Some(me));
         assert!(table.get(me).is_some(), "the parent was loaded too");
 
-        table.fork(fork(P + 1, P + 2, 2));
+        table.fork(fork(P + 1, P + 2, 2), &mut host());
         assert_eq!(
             table.get(P + 2).cloned(),
             Some(ProcessRecord {
@@ -782,10 +800,14 @@ mod tests {
 
     #[test]
     fn cmdline_from_says_none_only_when_there_is_nothing() {
-        assert_eq!(cmdline_from(b"", false), None);
-        assert_eq!(cmdline_from(b"", true), Some(vec![TRUNCATED.to_owned()]));
+        let redactor = Redactor::default();
+        assert_eq!(cmdline_from(b"", false, &redactor), None);
         assert_eq!(
-            cmdline_from(b"sleep\x001\0", false),
+            cmdline_from(b"", true, &redactor),
+            Some(vec![TRUNCATED.to_owned()])
+        );
+        assert_eq!(
+            cmdline_from(b"sleep\x001\0", false, &redactor),
             Some(vec!["sleep".into(), "1".into()])
         );
     }
@@ -874,7 +896,7 @@ mod tests {
     #[test]
     fn seed_finds_this_process_and_init() {
         let mut table = ProcessTable::new(1 << 16, 0);
-        table.seed_from_proc();
+        table.seed(&mut host());
         assert!(table.len() >= 2);
 
         let me = table.get(std::process::id()).cloned().unwrap();
@@ -912,11 +934,11 @@ mod tests {
         let mut table = ProcessTable::new(16, 0);
         assert!(
             table
-                .get_or_load(me)
+                .get_or_load(me, &mut host())
                 .is_some_and(|r| r.pid == me && !r.comm.is_empty())
         );
         assert_eq!(table.len(), 1);
-        assert_eq!(table.get_or_load(P), None);
+        assert_eq!(table.get_or_load(P, &mut host()), None);
         assert_eq!(table.len(), 1);
     }
 
@@ -955,7 +977,7 @@ mod tests {
                 argv_truncated,
                 ..exec(pid, ppid, "x", ts_ns)
             }),
-            Op::Fork(parent, child, ts_ns) => table.fork(fork(parent, child, ts_ns)),
+            Op::Fork(parent, child, ts_ns) => table.fork(fork(parent, child, ts_ns), &mut host()),
             Op::Exit(pid, ts_ns) => table.exit(exit(pid, ts_ns)),
             Op::Reap(now_ns) => table.reap(now_ns),
             Op::Lookup(pid) => {

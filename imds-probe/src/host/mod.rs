@@ -1,7 +1,8 @@
 //! What the daemon needs of the machine before and while it captures: privileges, bpffs,
 //! cgroup2 and tracefs mounts, the host-wide instance lock (`system`), the capabilities it runs
-//! with (`privileges`), and sd_notify (`notify`).
+//! with (`privileges`), and sd_notify (`notify`), and the modes of the files it writes (`private_files`).
 
 pub mod notify;
+pub mod private_files;
 pub mod privileges;
 pub mod system;

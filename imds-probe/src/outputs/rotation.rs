@@ -1,20 +1,23 @@
 //! The event log file, bounded: before a line would take it past `max_bytes` it is rotated
 //! by rename (`events.jsonl` -> `events.jsonl.1` -> `.2` ..., the oldest beyond `keep`
 //! overwritten), which the CloudWatch agent follows. `reopen` (SIGHUP) serves logrotate
-//! users who rotate it themselves. Mode 0640: command lines can hold secrets.
+//! users who rotate it themselves. Every file it opens is a private one (see
+//! `host::private_files`): command lines can hold secrets.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, BufWriter, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
+
+use crate::host::private_files::PrivateFiles;
 
 /// Output buffer: events are one to a few KiB, so the default 8 KiB would mean a write(2)
 /// every few events.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 pub struct RotatingFile {
+    files: PrivateFiles,
     path: PathBuf,
     max_bytes: u64,
     keep: u32,
@@ -23,12 +26,10 @@ pub struct RotatingFile {
 }
 
 impl RotatingFile {
-    pub fn open(path: &Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)?;
-        }
-        let (file, size) = open_append(path)?;
+    pub fn open(files: PrivateFiles, path: &Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
+        let (file, size) = open_append(&files, path)?;
         Ok(Self {
+            files,
             path: path.to_owned(),
             max_bytes,
             keep: keep.max(1),
@@ -55,7 +56,7 @@ impl RotatingFile {
     /// one.
     pub fn reopen(&mut self) -> io::Result<()> {
         self.file.flush()?;
-        (self.file, self.size) = open_append(&self.path)?;
+        (self.file, self.size) = open_append(&self.files, &self.path)?;
         Ok(())
     }
 
@@ -77,12 +78,8 @@ impl RotatingFile {
     }
 }
 
-fn open_append(path: &Path) -> io::Result<(BufWriter<File>, u64)> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)?;
+fn open_append(files: &PrivateFiles, path: &Path) -> io::Result<(BufWriter<File>, u64)> {
+    let file = files.open_append(path)?;
     let size = file.metadata()?.len();
     Ok((BufWriter::with_capacity(WRITE_BUFFER_BYTES, file), size))
 }
@@ -98,7 +95,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("imds-probe-rotation-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let path = dir.join("events.jsonl");
-        let mut file = RotatingFile::open(&path, 10, 2).unwrap();
+        let mut file = RotatingFile::open(PrivateFiles::default(), &path, 10, 2).unwrap();
         for line in [
             "aaaa\n", "bbbb\n", "cccc\n", "dddd\n", "eeee\n", "ffff\n", "gggg\n",
         ] {

@@ -1,6 +1,7 @@
-//! Writing events. A dedicated thread owns the outputs so a slow disk or a blocked stdout
-//! never stalls the ring buffer reader; the queue between them is bounded and what does not
-//! fit is counted by the caller.
+//! Writing events. The pipeline hands each event, as a JSON line, to a [`Sink`]. The daemon's
+//! sink is [`WriterThread`]: a dedicated thread owns the outputs so a slow disk or a blocked
+//! stdout never stalls the ring buffer reader; the queue between them is bounded and what
+//! does not fit is counted by the caller.
 
 use std::{
     io::{self, BufWriter, Write},
@@ -13,7 +14,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use crate::outputs::rotation::RotatingFile;
+use crate::{host::private_files::PrivateFiles, outputs::rotation::RotatingFile};
 
 /// Events queued for writing at most: about a second of a 20,000 requests/s burst. The
 /// queue's slots are allocated up front.
@@ -37,16 +38,32 @@ pub enum SinkError {
 pub struct Outputs {
     pub stdout: bool,
     pub log_file: Option<PathBuf>,
+    /// Who may read the log file and the directories made for it.
+    pub files: PrivateFiles,
     /// Rotation of the log file (see `rotation`).
     pub max_file_bytes: u64,
     pub files_kept: u32,
 }
 
-pub struct Sink {
+/// Anything that takes the pipeline's events: the writer thread in the daemon, a list of
+/// lines in tests.
+pub trait Sink {
+    /// Takes one JSON line (without its newline), or says why not; never blocks.
+    fn offer(&mut self, line: Vec<u8>) -> Offer;
+    /// Lines taken but not written since the start (`output_errors`).
+    fn output_errors(&self) -> u64;
+    /// Writes out everything taken and flushes; nothing is taken afterwards.
+    fn close(&mut self);
+    /// Opens the log file again before the next lines (SIGHUP, for logrotate). Sinks without
+    /// a file have nothing to reopen.
+    fn reopen(&self) {}
+}
+
+pub struct WriterThread {
     queue: Option<SyncSender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     output_errors: Arc<AtomicU64>,
-    /// Set by SIGHUP: the writer reopens the log file before its next lines.
+    /// Set by `reopen`: the writer reopens the log file before its next lines.
     reopen: Arc<AtomicBool>,
 }
 
@@ -61,18 +78,22 @@ pub enum Offer {
     WriterGone,
 }
 
-impl Sink {
+impl WriterThread {
     pub fn start(outputs: Outputs) -> Result<Self, SinkError> {
         let file = outputs
             .log_file
             .as_deref()
             .map(|path| {
-                RotatingFile::open(path, outputs.max_file_bytes, outputs.files_kept).map_err(
-                    |source| SinkError::Open {
-                        path: path.to_owned(),
-                        source,
-                    },
+                RotatingFile::open(
+                    outputs.files,
+                    path,
+                    outputs.max_file_bytes,
+                    outputs.files_kept,
                 )
+                .map_err(|source| SinkError::Open {
+                    path: path.to_owned(),
+                    source,
+                })
             })
             .transpose()?;
         let (queue, lines) = mpsc::sync_channel(QUEUE_CAPACITY);
@@ -92,33 +113,32 @@ impl Sink {
             reopen,
         })
     }
+}
 
-    /// Reopens the log file before the next lines (SIGHUP, for logrotate).
-    pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Relaxed);
-    }
-
-    /// Queues one JSON line (without its newline).
-    pub fn offer(&self, line: Vec<u8>) -> Offer {
+impl Sink for WriterThread {
+    fn offer(&mut self, line: Vec<u8>) -> Offer {
         self.queue
             .as_ref()
             .map_or(Offer::WriterGone, |queue| offer_to(queue, line))
     }
 
-    pub fn output_errors(&self) -> u64 {
+    fn output_errors(&self) -> u64 {
         self.output_errors.load(Ordering::Relaxed)
     }
 
-    /// Writes out everything queued and flushes.
-    pub fn close(&mut self) {
+    fn close(&mut self) {
         self.queue = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
     }
+
+    fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
 }
 
-impl Drop for Sink {
+impl Drop for WriterThread {
     fn drop(&mut self) {
         self.close();
     }
@@ -197,9 +217,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("imds-probe-sink-{}", std::process::id()));
         let path = dir.join("nested/events.jsonl");
         for line in ["{\"a\":1}", "{\"b\":2}"] {
-            let mut sink = Sink::start(Outputs {
+            let mut sink = WriterThread::start(Outputs {
                 stdout: false,
                 log_file: Some(path.clone()),
+                files: PrivateFiles::default(),
                 max_file_bytes: 1 << 20,
                 files_kept: 1,
             })

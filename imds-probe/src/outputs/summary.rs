@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn the_first_requests_in_full_then_one_summary_per_window() {
-        let clock = Clock::new();
+        let clock = Clock::host();
         let mut limiter = Limiter::new(3);
         let mut summaries = Vec::new();
         let mut written = 0;
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn callers_are_limited_apart_and_quiet_windows_make_no_summary() {
-        let clock = Clock::new();
+        let clock = Clock::host();
         let mut limiter = Limiter::new(1);
         let mut summaries = Vec::new();
         assert!(limiter.admit(&request(V1, who(1, "/a"), 0), 0, &clock, &mut summaries));
