@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imds_probe_tests::{DEADLINE, Daemon, Netns, Setup, TempDir, backend, bin, require_root};
+use imds_probe_tests::{
+    DEADLINE, Daemon, Netns, OrPanic, Server, Setup, TempDir, backend, binary, client, require_root,
+};
 use serde_json::Value;
 
 const SDK_DIR: &str = "/opt/imds-probe-toolchain/sdk";
@@ -25,23 +27,52 @@ const SESSION_CREDENTIALS: &str = "import botocore.session\n\
      creds = botocore.session.get_session().get_credentials()\n\
      assert creds is not None and creds.access_key, creds\n";
 
-/// A daemon whose ledger is in `state` (kept after the daemon), the namespace and a fake IMDS.
+/// A daemon whose ledger is in `state` (kept after the daemon), the namespace and a fake IMDS
+/// (tokens optional) started with `imds_args` too.
 fn setup(state: &Path, imds_args: &[&str]) -> Option<Setup> {
     if !require_root() {
         return None;
     }
     let state = state.to_str().unwrap();
     let daemon = Daemon::start(&["--backend", &backend().0, "--state-dir", state]);
-    let ns = Netns::new();
-    let imds = ns.fake_imds_with("optional", imds_args);
+    let ns = Netns::new().or_panic();
+    let mut command = ns.command(binary("fake-imds"));
+    command.args([
+        "--mode",
+        "optional",
+        "--listen",
+        "169.254.169.254:80",
+        "--listen",
+        "[fd00:ec2::254]:80",
+    ]);
+    command.args(imds_args);
+    let imds = Server::start(command).or_panic();
     Some(Setup { ns, imds, daemon })
+}
+
+/// The request events of `pid`, once there are `count`. Not the kit's marker: its curl would be
+/// a caller in the ledger, and these tests check the ledger's callers.
+fn requests_of(daemon: &Daemon, pid: u32, count: usize) -> Vec<Value> {
+    let of_pid = |events: &[Value]| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == "imds_request" && e["process"]["pid"] == pid)
+            .cloned()
+            .collect()
+    };
+    of_pid(
+        &daemon.wait_for(&format!("{count} requests of pid {pid}"), |events| {
+            of_pid(events).len() >= count
+        }),
+    )
 }
 
 /// Runs Python `code` in the namespace with only this environment (no credentials, no config
 /// files, so the chain reaches the IMDS) and botocore from `python_path`; returns its pid.
 fn python(ns: &Netns, python_path: &str, code: &str) -> u32 {
     let python_path = format!("PYTHONPATH={python_path}");
-    let (pid, out) = ns.client(
+    let (pid, out) = client(
+        ns,
         "env",
         &[
             "-i",
@@ -67,7 +98,7 @@ fn python(ns: &Netns, python_path: &str, code: &str) -> u32 {
 
 /// `imds-probe report --format json` over `state`; returns the exit code and the report.
 fn run_report(state: &Path, args: &[&str]) -> (i32, Value) {
-    let out = Command::new(bin("imds-probe"))
+    let out = Command::new(binary("imds-probe"))
         .args(["report", "--format", "json", "--state-dir"])
         .arg(state)
         .args(args)
@@ -95,8 +126,8 @@ fn callers_with_exe<'a>(report: &'a Value, list: &str, exe_part: &str) -> Vec<&'
 
 #[test]
 fn botocore_before_imdsv2_is_not_safe_and_told_to_upgrade() {
-    let state = TempDir::new("report-old");
-    let Some(mut t) = setup(&state.0, &[]) else {
+    let state = TempDir::new("report-old").or_panic();
+    let Some(mut t) = setup(state.path(), &[]) else {
         return;
     };
     let pid = python(
@@ -104,13 +135,13 @@ fn botocore_before_imdsv2_is_not_safe_and_told_to_upgrade() {
         &format!("{SDK_DIR}/python-botocore-1.12"),
         &format!("{OLD_PYTHON_SHIM}{SESSION_CREDENTIALS}"),
     );
-    let events = t.daemon.requests_from(pid, 2);
+    let events = requests_of(&t.daemon, pid, 2);
     assert!(
         events.iter().all(|e| e["class"] == "imdsv1"),
         "botocore 1.12 never asks for a token: {events:#?}"
     );
     assert!(t.daemon.stop().success());
-    let (code, report) = run_report(&state.0, &["--min-observed", "0s"]);
+    let (code, report) = run_report(state.path(), &["--min-observed", "0s"]);
     assert_eq!(
         (code, report["verdict"].as_str()),
         (1, Some("not_safe")),
@@ -136,8 +167,8 @@ fn botocore_before_imdsv2_is_not_safe_and_told_to_upgrade() {
 
 #[test]
 fn a_pre_imdsv2_fetch_without_user_agent_is_inferred_as_botocore() {
-    let state = TempDir::new("report-infer");
-    let Some(mut t) = setup(&state.0, &[]) else {
+    let state = TempDir::new("report-infer").or_panic();
+    let Some(mut t) = setup(state.path(), &[]) else {
         return;
     };
     // The fetcher alone, as libraries built on botocore 1.12 use it: no User-Agent of its own.
@@ -147,7 +178,7 @@ fn a_pre_imdsv2_fetch_without_user_agent_is_inferred_as_botocore() {
          assert creds.get('access_key'), creds\n"
     );
     let pid = python(&t.ns, &format!("{SDK_DIR}/python-botocore-1.12"), &code);
-    let events = t.daemon.requests_from(pid, 2);
+    let events = requests_of(&t.daemon, pid, 2);
     assert!(
         events
             .iter()
@@ -155,7 +186,7 @@ fn a_pre_imdsv2_fetch_without_user_agent_is_inferred_as_botocore() {
         "{events:#?}"
     );
     assert!(t.daemon.stop().success());
-    let (_, report) = run_report(&state.0, &["--min-observed", "0s"]);
+    let (_, report) = run_report(state.path(), &["--min-observed", "0s"]);
     let caller = callers_with_exe(&report, "callers", "python")[0];
     assert_eq!(caller["sdk"]["name"], "botocore", "{caller:#}");
     assert_eq!(caller["sdk"]["version"], Value::Null);
@@ -171,19 +202,19 @@ fn a_pre_imdsv2_fetch_without_user_agent_is_inferred_as_botocore() {
 
 #[test]
 fn a_current_botocore_whose_token_puts_go_unanswered_is_a_fallback_not_an_old_sdk() {
-    let state = TempDir::new("report-fallback");
-    let Some(mut t) = setup(&state.0, &["--drop-token-puts"]) else {
+    let state = TempDir::new("report-fallback").or_panic();
+    let Some(mut t) = setup(state.path(), &["--drop-token-puts"]) else {
         return;
     };
     let pid = python(&t.ns, &format!("{SDK_DIR}/python"), SESSION_CREDENTIALS);
-    let events = t.daemon.requests_from(pid, 3);
+    let events = requests_of(&t.daemon, pid, 3);
     assert_eq!(events[0]["class"], "token", "{events:#?}");
     assert!(
         events[1..].iter().any(|e| e["class"] == "imdsv1"),
         "{events:#?}"
     );
     assert!(t.daemon.stop().success());
-    let (code, report) = run_report(&state.0, &["--min-observed", "0s"]);
+    let (code, report) = run_report(state.path(), &["--min-observed", "0s"]);
     assert_eq!(code, 1, "{report:#}");
     let caller = callers_with_exe(&report, "callers", "python")[0];
     assert_eq!(caller["fallback"], true, "{caller:#}");
@@ -196,11 +227,12 @@ fn a_current_botocore_whose_token_puts_go_unanswered_is_a_fallback_not_an_old_sd
 
 #[test]
 fn another_clouds_probe_is_listed_apart() {
-    let state = TempDir::new("report-probe");
-    let Some(mut t) = setup(&state.0, &[]) else {
+    let state = TempDir::new("report-probe").or_panic();
+    let Some(mut t) = setup(state.path(), &[]) else {
         return;
     };
-    let (pid, _) = t.ns.client(
+    let (pid, _) = client(
+        &t.ns,
         "curl",
         &[
             "-s",
@@ -209,10 +241,10 @@ fn another_clouds_probe_is_listed_apart() {
             "http://169.254.169.254/computeMetadata/v1/instance/id",
         ],
     );
-    let events = t.daemon.requests_from(pid, 1);
+    let events = requests_of(&t.daemon, pid, 1);
     assert_eq!(events[0]["probe_of"], "gce", "{:#}", events[0]);
     assert!(t.daemon.stop().success());
-    let (code, report) = run_report(&state.0, &["--min-observed", "0s"]);
+    let (code, report) = run_report(state.path(), &["--min-observed", "0s"]);
     assert_eq!(code, 0, "a probe breaks nothing: {report:#}");
     assert!(
         callers_with_exe(&report, "callers", "curl").is_empty(),
@@ -226,15 +258,15 @@ fn another_clouds_probe_is_listed_apart() {
 
 #[test]
 fn only_imdsv2_callers_over_a_window_is_safe() {
-    let state = TempDir::new("report-safe");
-    let Some(mut t) = setup(&state.0, &[]) else {
+    let state = TempDir::new("report-safe").or_panic();
+    let Some(mut t) = setup(state.path(), &[]) else {
         return;
     };
     let pid = python(&t.ns, &format!("{SDK_DIR}/python"), SESSION_CREDENTIALS);
-    let events = t.daemon.requests_from(pid, 3);
+    let events = requests_of(&t.daemon, pid, 3);
     assert!(events.iter().all(|e| e["class"] != "imdsv1"), "{events:#?}");
     assert!(t.daemon.stop().success());
-    let (code, report) = run_report(&state.0, &["--min-observed", "0s"]);
+    let (code, report) = run_report(state.path(), &["--min-observed", "0s"]);
     assert_eq!(
         (code, report["verdict"].as_str()),
         (0, Some("safe")),
@@ -243,7 +275,7 @@ fn only_imdsv2_callers_over_a_window_is_safe() {
     assert_eq!(report["observed"]["runs"], 1);
     assert_eq!(report["observed"]["lost"], 0);
     // The default asks for a week of watching.
-    let (code, report) = run_report(&state.0, &[]);
+    let (code, report) = run_report(state.path(), &[]);
     assert_eq!(
         (code, report["verdict"].as_str()),
         (2, Some("undetermined")),
@@ -282,10 +314,10 @@ fn the_ledger_survives_a_restart_and_kill_9() {
     if !require_root() {
         return;
     }
-    let state = TempDir::new("report-restart");
-    let config = state.0.join("config.toml");
+    let state = TempDir::new("report-restart").or_panic();
+    let config = state.join("config.toml");
     std::fs::write(&config, "[ledger]\nwrite_interval_seconds = 1\n").unwrap();
-    let (state_dir, config) = (state.0.join("state"), config.to_str().unwrap().to_owned());
+    let (state_dir, config) = (state.join("state"), config.to_str().unwrap().to_owned());
     let args = |backend: &str| -> Vec<String> {
         ["--backend", backend, "--config", &config, "--state-dir"]
             .map(str::to_owned)
@@ -293,10 +325,11 @@ fn the_ledger_survives_a_restart_and_kill_9() {
             .chain([state_dir.to_str().unwrap().to_owned()])
             .collect()
     };
-    let ns = Netns::new();
-    let _imds = ns.fake_imds("optional", &[]);
+    let ns = Netns::new().or_panic();
+    let _imds = Server::fake_imds(&binary("fake-imds"), &ns, "optional", &[]).or_panic();
     let curl = || {
-        ns.client(
+        client(
+            &ns,
             "curl",
             &["-s", "http://169.254.169.254/latest/meta-data/instance-id"],
         )
@@ -305,7 +338,7 @@ fn the_ledger_survives_a_restart_and_kill_9() {
     for (run, kill) in [(1, false), (2, true)] {
         let args = args(&backend().0);
         let mut daemon = Daemon::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        daemon.requests_from(curl(), 1);
+        requests_of(&daemon, curl(), 1);
         if kill {
             // Once a periodic write holds it, kill -9 loses nothing of it.
             wait_for_ledger(&state_dir, run);
@@ -330,8 +363,8 @@ fn a_corrupt_ledger_is_set_aside_and_a_fresh_one_started() {
     if !require_root() {
         return;
     }
-    let state = TempDir::new("report-corrupt");
-    let state_dir: PathBuf = state.0.join("state");
+    let state = TempDir::new("report-corrupt").or_panic();
+    let state_dir: PathBuf = state.join("state");
     std::fs::create_dir_all(&state_dir).unwrap();
     std::fs::write(
         state_dir.join("ledger.json"),
@@ -361,10 +394,10 @@ fn a_corrupt_ledger_is_set_aside_and_a_fresh_one_started() {
 
 #[test]
 fn a_bad_config_stops_the_daemon_naming_file_line_and_key() {
-    let dir = TempDir::new("report-config");
-    let config = dir.0.join("config.toml");
+    let dir = TempDir::new("report-config").or_panic();
+    let config = dir.join("config.toml");
     std::fs::write(&config, "[events]\nmax_file_byte = 5\n").unwrap();
-    let out = Command::new(bin("imds-probe"))
+    let out = Command::new(binary("imds-probe"))
         .arg("run")
         .arg("--config")
         .arg(&config)
@@ -386,24 +419,34 @@ fn a_busy_caller_is_written_in_full_then_summarised() {
     if !require_root() {
         return;
     }
-    let state = TempDir::new("report-summary");
+    let state = TempDir::new("report-summary").or_panic();
     // Without --every-request: the default limits.
     let mut daemon = Daemon::start_raw(&[
         "--backend",
         &backend().0,
         "--state-dir",
-        state.0.to_str().unwrap(),
+        state.path().to_str().unwrap(),
     ]);
-    let ns = Netns::new();
-    let _imds = ns.fake_imds("optional", &[]);
-    let pid = ns.python(
-        "import http.client\n\
+    let ns = Netns::new().or_panic();
+    let _imds = Server::fake_imds(&binary("fake-imds"), &ns, "optional", &[]).or_panic();
+    let (pid, out) = client(
+        &ns,
+        "python3",
+        &[
+            "-c",
+            "import http.client\n\
          c = http.client.HTTPConnection('169.254.169.254', 80, timeout=5)\n\
          for i in range(30):\n    \
              c.request('GET', '/latest/meta-data/instance-id')\n    \
              c.getresponse().read()\n",
+        ],
     );
-    daemon.requests_from(pid, 10);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    requests_of(&daemon, pid, 10);
     assert!(daemon.stop().success());
     let events = daemon.wait_for("the request_summary", |events| {
         events.iter().any(|e| e["event"] == "request_summary")
@@ -421,7 +464,7 @@ fn a_busy_caller_is_written_in_full_then_summarised() {
     assert_eq!(summary["pid"], pid);
     assert_eq!(summary["sample_paths"][0], "/latest/meta-data/instance-id");
     // The ledger counted all 30.
-    let (_, report) = run_report(&state.0, &["--min-observed", "0s"]);
+    let (_, report) = run_report(state.path(), &["--min-observed", "0s"]);
     assert_eq!(
         callers_with_exe(&report, "callers", "python")[0]["requests"]["imdsv1"],
         30

@@ -4,13 +4,13 @@
 //! program of its own (a distinct script is a distinct caller in the ledger's key) making
 //! token-less GETs over one keep-alive connection.
 
-use std::{fs, path::Path, process::Stdio, time::Duration};
+use std::{fs, process::Stdio, time::Duration};
 
 use anyhow::{Context as _, Result};
 
 use super::{
     Ctx,
-    harness::{Daemon, Netns, Server},
+    harness::{Netns, fake_imds, sleep, start_daemon, stop},
     quiet_host,
     stats::{Table, num},
 };
@@ -65,19 +65,19 @@ fn measure(ctx: &Ctx, callers: usize, every_request: bool, seconds: f64) -> Resu
     let tag = format!("volume-{callers}-{every_request}");
     let log = ctx.tmp.join(&format!("{tag}.jsonl"));
     let ns = Netns::new()?;
-    let _imds = Server::fake_imds(ctx, &ns)?;
+    let _imds = fake_imds(ctx, &ns)?;
     quiet_host(&[])?;
     let log_arg = log.to_string_lossy();
     let mut args = vec!["--backend", "sk-msg", "--no-stdout", "--log-file", &log_arg];
     if every_request {
         args.push("--every-request");
     }
-    let mut daemon = Daemon::start(&ctx.bins.daemon, &args, &ctx.tmp, &tag)?;
+    let mut daemon = start_daemon(ctx, &args, &tag)?;
     let children = (0..callers)
         .map(|i| {
             let script = ctx.tmp.join(&format!("{tag}-caller-{i}.py"));
             fs::write(&script, CLIENT)?;
-            ns.command(Path::new("/usr/bin/python3"))
+            ns.command("/usr/bin/python3")
                 .arg(&script)
                 .args([seconds.to_string(), RATE_PER_CALLER.to_string()])
                 .stdout(Stdio::piped())
@@ -93,8 +93,8 @@ fn measure(ctx: &Ctx, callers: usize, every_request: bool, seconds: f64) -> Resu
         requests += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
     }
     // The daemon sees the last sends within milliseconds; its stop drains and summarises.
-    super::harness::sleep(Duration::from_millis(200))?;
-    daemon.stop()?;
+    sleep(Duration::from_millis(200))?;
+    stop(&mut daemon)?;
     let text = fs::read_to_string(&log)?;
     let count = |name: &str| {
         text.lines()
