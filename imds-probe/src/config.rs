@@ -10,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::capture::BackendChoice;
+use crate::capture::{BackendChoice, kernel_log::KernelLogLevel};
 
 pub const DEFAULT_PATH: &str = "/etc/imds-probe/config.toml";
 
@@ -35,6 +35,7 @@ pub struct AttributionSettings {
 pub struct Capture {
     pub backend: BackendChoice,
     pub loss_report_interval_seconds: NonZeroU64,
+    pub kernel_log: KernelLogLevel,
 }
 
 impl Default for Capture {
@@ -42,6 +43,7 @@ impl Default for Capture {
         Self {
             backend: BackendChoice::Auto,
             loss_report_interval_seconds: NonZeroU64::new(10).unwrap(),
+            kernel_log: KernelLogLevel::Off,
         }
     }
 }
@@ -171,6 +173,7 @@ mod tests {
         for key in [
             "backend",
             "loss_report_interval_seconds",
+            "kernel_log",
             "stdout",
             "log_file",
             "output_group",

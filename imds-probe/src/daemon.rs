@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::{
     attribution::{Attributor, redact::Redactor, source::ProcReader},
-    capture::{self, BackendChoice, open_connections, read_loss},
+    capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
     causes::Causes,
     host::{notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::{
@@ -56,6 +56,7 @@ pub struct RunOptions {
     pub full_requests_per_minute: u32,
     pub max_file_bytes: u64,
     pub files_kept: u32,
+    pub kernel_log: KernelLogLevel,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -98,7 +99,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         mut ebpf,
         ring,
         loss,
-    } = capture::start(options.backend)?;
+        kernel_log,
+    } = capture::start(options.backend, options.kernel_log)?;
+    if let Some(reader) = kernel_log {
+        tokio::spawn(reader.run());
+    }
     // Hand back what start-up freed below the mmap threshold (the object, small BTF parts)
     // rather than carry it for the daemon's life.
     // SAFETY: malloc_trim only releases free memory of glibc's allocator.

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use imds_probe::{
-    capture::BackendChoice,
+    capture::{BackendChoice, kernel_log::KernelLogLevel},
     config,
     daemon::{self, RunOptions},
     outputs::ledger::store,
@@ -65,6 +65,11 @@ enum Command {
         /// (mode 0640/0750); without it only root can.
         #[arg(long, value_name = "GROUP")]
         output_group: Option<String>,
+        /// Log the kernel programs' diagnostics up to this level (a connection left
+        /// untracked, a send the hooks cannot read, a record the full ring buffer refused;
+        /// each is also counted as loss). Off (the default) costs the programs nothing.
+        #[arg(long, value_enum, value_name = "LEVEL")]
+        kernel_log: Option<KernelLogLevel>,
     },
     /// Is it safe to require IMDSv2 here? Reads the ledger (the daemon may run or not).
     ///
@@ -116,6 +121,7 @@ fn main() -> Result<()> {
             state_dir,
             sensitive_words,
             output_group,
+            kernel_log,
         } => {
             let file = load_config(config.as_deref())?;
             let mut words = file.attribution.sensitive_words;
@@ -138,6 +144,7 @@ fn main() -> Result<()> {
                 files_kept: file.events.files_kept.get(),
                 sensitive_words: words,
                 output_group: output_group.or(file.events.output_group),
+                kernel_log: kernel_log.unwrap_or(file.capture.kernel_log),
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
