@@ -1,7 +1,10 @@
 //! The `run` command: attach, read the ring buffer until told to stop, then detach, drain
 //! what is left and flush. One task owns the loaded programs and the reader.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -16,12 +19,15 @@ use tokio::{
 use crate::outputs::cloudwatch::ship::{ShipOptions, Shipper};
 use crate::{
     attribution::{Attributor, redact::Redactor, source::ProcReader},
-    capture::{self, BackendChoice, open_connections, read_loss},
+    capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
+    causes::Causes,
     host::{identity, notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::{
         event::Clock,
+        ledger::{Ledger, store, window::Window},
         metrics::Dimensions,
         sink::{Outputs, WriterThread},
+        summary::Limiter,
     },
     pipeline::Pipeline,
 };
@@ -30,7 +36,8 @@ use crate::{
 /// process records that did not wake the reader (the kernel wakes it for those only once they
 /// pile up), looks for the close of sockets the daemon enrolled itself (a look through the
 /// socket hash's keys, only while there are such sockets), follows clock steps, reaps exited
-/// processes, and reports loss when that is due.
+/// processes, writes the callers' `request_summary` events, and reports loss and writes the
+/// ledger when those are due.
 const TICK: Duration = Duration::from_secs(1);
 
 /// How often the metrics file gets a line (on the tick at or after each minute's start).
@@ -45,6 +52,17 @@ pub struct RunOptions {
     pub sensitive_words: Vec<String>,
     /// The group (name or gid) that may read the files the daemon writes, besides root.
     pub output_group: Option<String>,
+    /// Where the ledger lives.
+    pub state_dir: PathBuf,
+    pub ledger_interval: Duration,
+    pub max_callers: usize,
+    /// One event per request; else the first few per caller and class a minute, then
+    /// summaries.
+    pub every_request: bool,
+    pub full_requests_per_minute: u32,
+    pub max_file_bytes: u64,
+    pub files_kept: u32,
+    pub kernel_log: KernelLogLevel,
     /// Per-minute EMF metrics go to this file.
     pub metrics_file: Option<PathBuf>,
     pub metrics_dimensions: Dimensions,
@@ -60,8 +78,6 @@ pub struct CloudWatchOptions {
     pub metrics_log_group: String,
     pub endpoint: Option<String>,
     pub region: Option<String>,
-    /// Where shipping keeps its cursors.
-    pub state_dir: PathBuf,
 }
 
 const NEEDS_LOG_FILE: &str = "--cloudwatch-log-group needs --log-file: the file is what is shipped, and the buffer while CloudWatch is out of reach";
@@ -91,30 +107,45 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
         files,
+        max_file_bytes: options.max_file_bytes,
+        files_kept: options.files_kept,
     })?;
+    let ledger = Ledger::new(
+        store::load_or_set_aside(&options.state_dir)?,
+        options.max_callers,
+    );
+    let limiter = (!options.every_request).then(|| Limiter::new(options.full_requests_per_minute));
     let cgroup_root = system::cgroup2_root().ok();
     let redactor = Redactor::new(&options.sensitive_words)?;
     let mut who = Attributor::new(Box::new(ProcReader::new(cgroup_root)), redactor);
     who.seed();
-    let mut pipeline = Pipeline::new(Box::new(sink), who, Clock::host());
+    let mut pipeline = Pipeline::new(Box::new(sink), who, Clock::host(), ledger, limiter);
     if let Some(path) = &options.metrics_file {
+        // Rotated like the events file: the agent and the shipper follow renames alike.
         let metrics = WriterThread::start(Outputs {
             stdout: false,
             log_file: Some(path.clone()),
             files,
+            max_file_bytes: options.max_file_bytes,
+            files_kept: options.files_kept,
         })?;
         pipeline = pipeline.with_metrics(Box::new(metrics), options.metrics_dimensions);
     }
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     let capture::Probe {
         backend,
         mut ebpf,
         ring,
         loss,
-    } = capture::start(options.backend)?;
+        kernel_log,
+    } = capture::start(options.backend, options.kernel_log)?;
+    if let Some(reader) = kernel_log {
+        tokio::spawn(reader.run());
+    }
     // Hand back what start-up freed below the mmap threshold (the object, small BTF parts)
     // rather than carry it for the daemon's life.
     // SAFETY: malloc_trim only releases free memory of glibc's allocator.
@@ -127,8 +158,14 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     // start-up path: each /proc/<pid>/net/tcp read walks the kernel's whole established hash
     // (4.5 ms per table on a 24 GiB host, whatever it holds), once per network namespace.
     let mut open_scan = Some(tokio::task::spawn_blocking(open_connections::scan));
+    pipeline.start_window(Window::start(SystemTime::now(), &backend.to_string()));
     notify("READY=1").context("sd_notify READY=1")?;
-    tracing::info!(%backend, log_file = ?options.log_file, "capturing IMDS requests");
+    tracing::info!(
+        %backend,
+        log_file = ?options.log_file,
+        state_dir = %options.state_dir.display(),
+        "capturing IMDS requests"
+    );
     // After attaching: the daemon's own requests are captured and marked as its own.
     let identity = if options.identity {
         identity::learn(identity::IMDS_ENDPOINT)
@@ -148,6 +185,7 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut loss_due = Instant::now() + options.loss_report_interval;
+    let mut ledger_due = Instant::now() + options.ledger_interval;
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
     let mut kernel_loss = [0; LOSS_COUNTERS as usize];
@@ -182,6 +220,15 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
                     metrics_due = now + until_next_minute();
                     pipeline.flush_metrics(identity.borrow().as_deref());
                 }
+                if now >= ledger_due {
+                    ledger_due = now + options.ledger_interval;
+                    read_loss(&loss, &mut kernel_loss);
+                    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, false);
+                }
+            }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reopening the log file");
+                pipeline.reopen_outputs();
             }
             scan = async { open_scan.as_mut().unwrap().await }, if open_scan.is_some() => {
                 open_scan = None;
@@ -207,6 +254,7 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     pipeline.report_loss(kernel_loss);
     // The minute so far, so a stop loses none of it (CloudWatch adds it up per minute).
     pipeline.flush_metrics(identity.borrow().as_deref());
+    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, true);
     pipeline.close();
     // After the files are flushed: the shipper sends what they hold for a moment more.
     #[cfg(feature = "cloudwatch-logs")]
@@ -230,7 +278,7 @@ fn ship(
             metrics_log_group: cloudwatch.metrics_log_group,
             endpoint: cloudwatch.endpoint,
             region: cloudwatch.region,
-            state_dir: cloudwatch.state_dir,
+            state_dir: options.state_dir.clone(),
         },
         identity,
     )?)
@@ -243,6 +291,23 @@ fn until_next_minute() -> Duration {
         .unwrap_or_default();
     METRICS_INTERVAL
         - Duration::from_nanos((since_epoch.as_nanos() % METRICS_INTERVAL.as_nanos()) as u64)
+}
+
+/// Writes the ledger and updates the status line. A failed write is logged, not fatal: the
+/// next one may succeed, and capture goes on either way.
+fn write_ledger(
+    pipeline: &mut Pipeline,
+    state_dir: &Path,
+    kernel_loss: [u64; LOSS_COUNTERS as usize],
+    stopped: bool,
+) {
+    if let Err(error) = pipeline.write_ledger(state_dir, kernel_loss, stopped) {
+        tracing::error!(error = %Causes(&error), "writing the ledger failed");
+    }
+    let status = pipeline.status();
+    if let Err(error) = notify(&format!("STATUS={status}")) {
+        tracing::debug!(%error, "sd_notify STATUS");
+    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {

@@ -1,5 +1,6 @@
 //! Python and JavaScript packages the integration tests drive, pinned, installed into the
-//! lasting prefix (not the system's site-packages or a global node_modules): botocore and the
+//! lasting prefix (not the system's site-packages or a global node_modules): botocore (a
+//! current one, and 1.12.253, the last before IMDSv2 support, for the `report` tests) and the
 //! JavaScript SDK v3's IMDS credential provider as real IMDS clients; moto's server as the
 //! local stand-in for CloudWatch Logs and cfn-lint for the CloudFormation template.
 
@@ -22,6 +23,13 @@ const PIP_TARGETS: &[PipTarget] = &[
     PipTarget {
         packages: &["botocore==1.44.8"],
         dir: "sdk/python",
+        marker: "botocore",
+    },
+    // Fetches credentials without a token: what `report` must call not_safe
+    // (tests/tests/report.rs reads the same path).
+    PipTarget {
+        packages: &["botocore==1.12.253"],
+        dir: "sdk/python-botocore-1.12",
         marker: "botocore",
     },
     // Their own directory: moto brings a botocore of its own, which must not replace the pinned
