@@ -43,8 +43,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // sliding threshold the first free raises it, the second parse lands on the heap, and the
     // heap never shrinks back; a fixed threshold gives each big buffer its own mapping that
     // goes back to the kernel when freed (VmHWM 28.7 -> 23.2 MiB on 6.18; see README).
+    // musl (the packages' static build) already maps every allocation above 128 KiB on its
+    // own and unmaps it when freed, and has no mallopt.
+    #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only tunes glibc's allocator; it is called before start-up allocates.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024)
+    };
     let sink = Sink::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, setup, vm, workspace::Workspace};
+use crate::{boot, cmd, package, setup, vm, workspace::Workspace};
 
 /// What a stage's failure means for the stages after it.
 #[derive(Clone, Copy, PartialEq)]
@@ -30,9 +30,15 @@ const STAGES: &[Stage] = &[
     Stage("clippy-ebpf", Kind::Lint, clippy_ebpf),
     Stage("build", Kind::Prerequisite, build),
     Stage("test", Kind::Check, test),
+    Stage("package", Kind::Check, |ws| package::run(ws).map(drop)),
     // Every kernel with every backend.
     Stage("vm-test", Kind::Vm, |ws| {
         vm::test(ws, &vm::Options::default())
+    }),
+    // The packaged daemon in a real systemd boot (6.1 only: each boot is a minute or more
+    // under emulation).
+    Stage("boot-test", Kind::Vm, |ws| {
+        boot::run(ws, &boot::Options::default())
     }),
 ];
 
