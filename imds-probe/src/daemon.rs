@@ -14,7 +14,7 @@ use tokio::{
 use crate::{
     attribution::Attributor,
     capture::{self, BackendChoice, open_connections, read_loss},
-    host::{notify::notify, privileges, system},
+    host::{allocator, notify::notify, privileges, system},
     outputs::sink::{Outputs, Sink},
     pipeline::Pipeline,
 };
@@ -38,18 +38,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // Before anything else: without these, every later step fails with a less useful error.
     privileges::check()?;
     let _instance = system::single_instance()?;
-    // Start-up reads and parses the kernel's BTF twice (our offset reader, then aya's loader,
-    // which parses it even though nothing uses it): megabytes, freed right away. With glibc's
-    // sliding threshold the first free raises it, the second parse lands on the heap, and the
-    // heap never shrinks back; a fixed threshold gives each big buffer its own mapping that
-    // goes back to the kernel when freed (VmHWM 28.7 -> 23.2 MiB on 6.18; see README).
-    // musl (the packages' static build) already maps every allocation above 128 KiB on its
-    // own and unmaps it when freed, and has no mallopt.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only tunes glibc's allocator; it is called before start-up allocates.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024)
-    };
+    allocator::before_start_up();
     let sink = Sink::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
@@ -66,10 +55,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         ring,
         loss,
     } = capture::start(options.backend)?;
-    // Hand back what start-up freed below the mmap threshold (the object, small BTF parts)
-    // rather than carry it for the daemon's life.
-    // SAFETY: malloc_trim only releases free memory of glibc's allocator.
-    unsafe { libc::malloc_trim(0) };
+    allocator::after_start_up();
     // SAFETY: the RingBuf owns its map fd and returns that same fd from as_raw_fd for as long
     // as it lives, and the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }

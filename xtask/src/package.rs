@@ -93,17 +93,20 @@ pub fn run(ws: &Workspace) -> Result<Dist> {
     names.sort();
     let sums = cmd::output(Command::new("sha256sum").current_dir(&dir).args(&names))?;
     fs::write(dir.join("SHA256SUMS"), sums).context("writing SHA256SUMS")?;
-    cmd::run(Command::new("sha256sum").current_dir(&dir).args(["--check", "--quiet", "SHA256SUMS"]))?;
+    cmd::run(Command::new("sha256sum").current_dir(&dir).args([
+        "--check",
+        "--quiet",
+        "SHA256SUMS",
+    ]))?;
     println!("package: {}", dir.display());
-    for name in names.iter().chain(std::iter::once(&"SHA256SUMS".to_owned())) {
+    for name in names
+        .iter()
+        .chain(std::iter::once(&"SHA256SUMS".to_owned()))
+    {
         let size = fs::metadata(dir.join(name))?.len();
         println!("  {name} ({:.1} MiB)", size as f64 / f64::from(1 << 20));
     }
-    Ok(Dist {
-        deb,
-        rpm,
-        bin_dir,
-    })
+    Ok(Dist { deb, rpm, bin_dir })
 }
 
 /// The ELF's PT_INTERP (its dynamic loader), or None for a static executable.
@@ -132,7 +135,9 @@ fn elf_interpreter(path: &Path) -> Result<Option<String>> {
                 .get(at..at + usize::try_from(size)?)
                 .with_context(|| format!("{}: PT_INTERP out of the file", path.display()))?;
             return Ok(Some(
-                String::from_utf8_lossy(bytes).trim_end_matches('\0').to_owned(),
+                String::from_utf8_lossy(bytes)
+                    .trim_end_matches('\0')
+                    .to_owned(),
             ));
         }
     }
@@ -149,6 +154,9 @@ fn only_file_ending(dir: &Path, suffix: &str) -> Result<PathBuf> {
     }
     match <[PathBuf; 1]>::try_from(found) {
         Ok([path]) => Ok(path),
-        Err(found) => bail!("expected one *{suffix} in {}, found {found:?}", dir.display()),
+        Err(found) => bail!(
+            "expected one *{suffix} in {}, found {found:?}",
+            dir.display()
+        ),
     }
 }

@@ -112,7 +112,10 @@ fn packagers() -> Result<()> {
         let binary = Path::new(PREFIX).join("bin").join(tool);
         let found = cmd::output(Command::new(&binary).arg("--version")).ok();
         // Both print "NAME VERSION" (cargo-deb without the "cargo-" prefix).
-        if found.as_deref().is_some_and(|found| found.trim().ends_with(version)) {
+        if found
+            .as_deref()
+            .is_some_and(|found| found.trim().ends_with(version))
+        {
             println!("ok: {tool} {version}");
             continue;
         }
@@ -121,7 +124,15 @@ fn packagers() -> Result<()> {
             Command::new(cmd::cargo())
                 // Outside the workspace, so the project's .cargo/config.toml does not shape it.
                 .current_dir(PREFIX)
-                .args(["install", tool, "--version", version, "--locked", "--root", PREFIX]),
+                .args([
+                    "install",
+                    tool,
+                    "--version",
+                    version,
+                    "--locked",
+                    "--root",
+                    PREFIX,
+                ]),
         )?;
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! What the daemon needs of the machine before and while it captures: privileges, bpffs,
 //! cgroup2 and tracefs mounts, the host-wide instance lock (`system`), the capabilities it runs
-//! with (`privileges`), and sd_notify (`notify`).
+//! with (`privileges`), sd_notify (`notify`), and the allocator's tuning (`allocator`).
 
+pub mod allocator;
 pub mod notify;
 pub mod privileges;
 pub mod system;

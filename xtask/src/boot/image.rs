@@ -57,7 +57,13 @@ pub fn build(dist: &Dist, work: &Path) -> Result<PathBuf> {
     let root = work.join("root");
     files::remove_dir_if_present(&root)?;
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    cmd::run(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&root))?;
+    cmd::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&root),
+    )?;
 
     check_rpm_install(&dist.rpm, &root)?;
     install_deb(&dist.deb, &root)?;
@@ -140,7 +146,11 @@ fn check_rpm_install(rpm: &Path, root: &Path) -> Result<()> {
         .chain([wants.clone()])
     {
         if path.symlink_metadata().is_err() {
-            bail!("after `rpm --root {} -i`, {} is missing", root.display(), path.display());
+            bail!(
+                "after `rpm --root {} -i`, {} is missing",
+                root.display(),
+                path.display()
+            );
         }
     }
     cmd::run(&mut rpm_root(&["-e", "imds-probe"]))?;
@@ -150,7 +160,11 @@ fn check_rpm_install(rpm: &Path, root: &Path) -> Result<()> {
         .chain([wants])
     {
         if path.symlink_metadata().is_ok() {
-            bail!("after `rpm --root {} -e`, {} is still there", root.display(), path.display());
+            bail!(
+                "after `rpm --root {} -e`, {} is still there",
+                root.display(),
+                path.display()
+            );
         }
     }
     for database in ["var/lib/rpm", "usr/lib/sysimage/rpm"] {
@@ -192,15 +206,22 @@ fn add_test_files(dist: &Dist, root: &Path) -> Result<()> {
     write("usr/local/libexec/imds-boot-check", CHECK_SCRIPT, 0o755)?;
     write("etc/cloud/cloud.cfg.d/99-imds-boot.cfg", CLOUD_CFG, 0o644)?;
     // A machine id of its own, so systemd does not treat each boot as a first boot.
-    write("etc/machine-id", "1e1b2c0000004000800000000000a001\n", 0o444)?;
+    write(
+        "etc/machine-id",
+        "1e1b2c0000004000800000000000a001\n",
+        0o444,
+    )?;
     write("etc/hostname", "imds-boot\n", 0o644)?;
     files::copy(
         &dist.bin_dir.join(package::FAKE_IMDS),
         &root.join("usr/local/bin/fake-imds"),
     )?;
     // A login prompt on the console would only interleave with the check's lines.
-    symlink("/dev/null", root.join("etc/systemd/system/serial-getty@ttyS0.service"))
-        .context("masking serial-getty@ttyS0")?;
+    symlink(
+        "/dev/null",
+        root.join("etc/systemd/system/serial-getty@ttyS0.service"),
+    )
+    .context("masking serial-getty@ttyS0")?;
     cmd::run(
         Command::new("chroot")
             .arg(root)

@@ -73,7 +73,8 @@ pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
     let mut failures = Vec::new();
     let mut report = String::new();
     for name in names {
-        let spec = kernels::spec(name).with_context(|| format!("no kernel {name} in the matrix"))?;
+        let spec =
+            kernels::spec(name).with_context(|| format!("no kernel {name} in the matrix"))?;
         let kernel = kernels::fetch(spec)?;
         let boots = BootSet {
             emulator: &emulator,
@@ -91,10 +92,7 @@ pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
         }
     }
     print!("{report}");
-    println!(
-        "boot-test: total {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("boot-test: total {:.1}s", started.elapsed().as_secs_f64());
     if !failures.is_empty() {
         bail!("boot-test failed on {}", failures.join(", "));
     }
@@ -154,9 +152,16 @@ impl BootSet<'_> {
             text,
             "  multi-user.target after kernel start: with imds-probe {} [{}], masked {} [{}]: ratio of medians {:.3}",
             seconds(with_median),
-            with.iter().map(|&us| seconds(us)).collect::<Vec<_>>().join(" "),
+            with.iter()
+                .map(|&us| seconds(us))
+                .collect::<Vec<_>>()
+                .join(" "),
             seconds(without_median),
-            without.iter().map(|&us| seconds(us)).collect::<Vec<_>>().join(" "),
+            without
+                .iter()
+                .map(|&us| seconds(us))
+                .collect::<Vec<_>>()
+                .join(" "),
             with_median as f64 / without_median as f64
         );
         Ok(text)
@@ -165,7 +170,9 @@ impl BootSet<'_> {
 
 fn check_full(full: &console::Results, text: &mut String) -> Result<()> {
     let timing = full.get("timing")?;
-    let ready = timing["ready_us"].as_u64().context("imds-probe never sent READY=1")?;
+    let ready = timing["ready_us"]
+        .as_u64()
+        .context("imds-probe never sent READY=1")?;
     let first = timing["first_request_us"]
         .as_u64()
         .context("no IMDS request event at all")?;
@@ -180,7 +187,9 @@ fn check_full(full: &console::Results, text: &mut String) -> Result<()> {
     let caller_started = early["caller_started_us"]
         .as_u64()
         .context("the early caller never started")?;
-    let events = early["events"].as_array().context("early caller: no events list")?;
+    let events = early["events"]
+        .as_array()
+        .context("early caller: no events list")?;
     let [event] = events.as_slice() else {
         bail!("the early caller's request should have one event, found {events:?}");
     };
@@ -203,7 +212,9 @@ fn check_full(full: &console::Results, text: &mut String) -> Result<()> {
     );
 
     let cloud = full.get("cloud_init")?;
-    let attempts = cloud["attempts"].as_array().context("cloud_init: no attempts")?;
+    let attempts = cloud["attempts"]
+        .as_array()
+        .context("cloud_init: no attempts")?;
     if attempts.is_empty() {
         bail!("cloud-init made no IMDS request: {}", cloud["status"]);
     }
@@ -226,7 +237,11 @@ fn check_full(full: &console::Results, text: &mut String) -> Result<()> {
     let exposure = full.get("exposure")?;
     let overall = exposure
         .as_array()
-        .and_then(|lines| lines.iter().find_map(|line| line.as_str()?.split("imds-probe.service: ").nth(1)))
+        .and_then(|lines| {
+            lines
+                .iter()
+                .find_map(|line| line.as_str()?.split("imds-probe.service: ").nth(1))
+        })
         .context("no exposure line from systemd-analyze security")?;
     let figure: f64 = overall
         .split_whitespace()
@@ -244,7 +259,9 @@ fn check_full(full: &console::Results, text: &mut String) -> Result<()> {
 /// The daemon must come back after each action; requests sent while it was away are counted
 /// (the gap), and none may be missing outside those windows.
 fn check_restarts(restarts: &Value, text: &mut String) -> Result<()> {
-    let actions = restarts["actions"].as_array().context("restarts: no actions")?;
+    let actions = restarts["actions"]
+        .as_array()
+        .context("restarts: no actions")?;
     let mut explained = 0;
     for action in actions {
         let name = action["action"].as_str().unwrap_or("?");
@@ -273,7 +290,10 @@ fn check_restarts(restarts: &Value, text: &mut String) -> Result<()> {
         bail!("the request stream did not run cleanly: {restarts}");
     }
     if missing > explained {
-        bail!("{} requests have no event outside any restart window: {restarts}", missing - explained);
+        bail!(
+            "{} requests have no event outside any restart window: {restarts}",
+            missing - explained
+        );
     }
     Ok(())
 }

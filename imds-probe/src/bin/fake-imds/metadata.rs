@@ -128,7 +128,10 @@ mod tests {
     #[test]
     fn dated_versions_serve_the_latest_tree() {
         for (dated, latest) in [
-            ("/2009-04-04/meta-data/instance-id", "/latest/meta-data/instance-id"),
+            (
+                "/2009-04-04/meta-data/instance-id",
+                "/latest/meta-data/instance-id",
+            ),
             ("/2021-03-23/meta-data", "/latest/meta-data"),
             ("/2021-03-23", "/latest"),
             (
@@ -139,7 +142,11 @@ mod tests {
             assert_eq!(lookup(dated), lookup(latest), "{dated}");
             assert!(lookup(dated).is_some(), "{dated}");
         }
-        for not_dated in ["/2009-4-04/meta-data", "/2009-04-04x/meta-data", "/20090404ab/x"] {
+        for not_dated in [
+            "/2009-4-04/meta-data",
+            "/2009-04-04x/meta-data",
+            "/20090404ab/x",
+        ] {
             assert_eq!(lookup(not_dated), None, "{not_dated}");
         }
     }
