@@ -12,9 +12,9 @@ use tokio::{
 };
 
 use crate::{
-    attribution::Attributor,
+    attribution::{Attributor, redact::Redactor},
     capture::{self, BackendChoice, open_connections, read_loss},
-    host::{allocator, notify::notify, privileges, system},
+    host::{allocator, notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::sink::{Outputs, Sink},
     pipeline::Pipeline,
 };
@@ -32,19 +32,27 @@ pub struct RunOptions {
     pub log_file: Option<PathBuf>,
     pub stdout: bool,
     pub loss_report_interval: Duration,
+    /// Words whose values are scrubbed from command lines, beside the default ones.
+    pub sensitive_words: Vec<String>,
+    /// The group (name or gid) that may read the files the daemon writes, besides root.
+    pub output_group: Option<String>,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
     // Before anything else: without these, every later step fails with a less useful error.
     privileges::check()?;
+    PrivateFiles::restrict_process_umask();
+    let files = PrivateFiles::new(options.output_group.as_deref())?;
     let _instance = system::single_instance()?;
     allocator::before_start_up();
     let sink = Sink::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
+        files,
     })?;
     let cgroup_root = system::cgroup2_root().ok();
-    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root));
+    let redactor = Redactor::new(&options.sensitive_words)?;
+    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root, redactor));
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

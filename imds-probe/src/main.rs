@@ -38,6 +38,15 @@ enum Command {
         /// How often to check for lost events and report them (seconds).
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         loss_report_interval: u64,
+        /// Scrub the value after this word in command lines too (repeatable), beside password,
+        /// passwd, secret, token, api_key, apikey, access_key, secret_key, credential, auth
+        /// and private_key.
+        #[arg(long = "sensitive-word", value_name = "WORD")]
+        sensitive_words: Vec<String>,
+        /// Let this group (name or gid) read the log file and the directories made for it
+        /// (mode 0640/0750); without it only root can.
+        #[arg(long, value_name = "GROUP")]
+        output_group: Option<String>,
     },
 }
 
@@ -60,11 +69,15 @@ fn main() -> Result<()> {
             log_file,
             no_stdout,
             loss_report_interval,
+            sensitive_words,
+            output_group,
         } => runtime.block_on(daemon::run(RunOptions {
             backend,
             log_file,
             stdout: !no_stdout,
             loss_report_interval: Duration::from_secs(loss_report_interval.max(1)),
+            sensitive_words,
+            output_group,
         })),
     }
 }

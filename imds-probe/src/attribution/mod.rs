@@ -19,6 +19,7 @@ use self::{
     cgroup_path::Container,
     cgroups::CgroupResolver,
     process_table::{ExecInfo, ExitInfo, ForkInfo, ProcessRecord, ProcessTable, UNKNOWN_ID},
+    redact::Redactor,
     users::UserNames,
 };
 use crate::outputs::event::{Clock, Timestamp};
@@ -104,8 +105,11 @@ pub struct Attributor {
 }
 
 impl Attributor {
-    pub fn new(cgroup_root: Option<PathBuf>) -> Self {
-        let mut table = ProcessTable::new(PROCESS_TABLE_CAPACITY, EXITED_GRACE_NS);
+    /// Command lines, the sender's and its parents', are scrubbed by `redactor` as they enter
+    /// the process table, so a secret never sits in the daemon's memory either.
+    pub fn new(cgroup_root: Option<PathBuf>, redactor: Redactor) -> Self {
+        let mut table =
+            ProcessTable::new(PROCESS_TABLE_CAPACITY, EXITED_GRACE_NS).redacting(redactor);
         table.seed_from_proc();
         Self {
             table,

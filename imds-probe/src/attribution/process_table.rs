@@ -25,7 +25,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::proc_fs::{self, parse_cmdline};
+use super::{
+    proc_fs::{self, parse_cmdline},
+    redact::Redactor,
+};
 
 /// How far `parents` climbs; real trees are far shallower, so this only stops runaways.
 const MAX_PARENT_HOPS: usize = 32;
@@ -89,7 +92,7 @@ pub struct ProcessRecord {
     /// Empty when the image is unknown (forked from a parent nobody knows).
     pub comm: String,
     pub exe: Option<String>,
-    /// Bounded and redacted by `parse_cmdline`; ends in "…" when the kernel or the read cut it.
+    /// Bounded by `parse_cmdline`, scrubbed by the table's `Redactor`; ends in "…" when the kernel or the read cut it.
     pub cmdline: Option<Vec<String>>,
     /// [`UNKNOWN_ID`] when the image is unknown.
     pub uid: u32,
@@ -137,6 +140,7 @@ pub struct ProcessTable {
     next_stamp: u64,
     evicted: u64,
     clk_tck: u64,
+    redactor: Redactor,
 }
 
 impl ProcessTable {
@@ -152,7 +156,14 @@ impl ProcessTable {
             next_stamp: 0,
             evicted: 0,
             clk_tck: clk_tck(),
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Scrubs every command line the table stores, the kernel's and /proc's, with `redactor`
+    /// rather than the default words.
+    pub fn redacting(self, redactor: Redactor) -> Self {
+        Self { redactor, ..self }
     }
 
     /// Seeds from /proc (all processes present now). Reads /proc/<pid>/{stat,status,exe,cmdline};
@@ -169,7 +180,7 @@ impl ProcessTable {
         };
         for pid in pids {
             if !self.entries.contains_key(&pid)
-                && let Some(record) = load(pid, self.clk_tck)
+                && let Some(record) = load(pid, self.clk_tck, &self.redactor)
             {
                 self.insert(record);
             }
@@ -184,7 +195,7 @@ impl ProcessTable {
             ns_pid: known_pid(e.ns_pid),
             comm: e.comm,
             exe: (!e.exe.is_empty()).then_some(e.exe),
-            cmdline: cmdline_from(&e.argv_raw, e.argv_truncated),
+            cmdline: cmdline_from(&e.argv_raw, e.argv_truncated, &self.redactor),
             uid: e.uid,
             gid: e.gid,
             start_time_ns: Some(e.start_time_ns),
@@ -266,7 +277,7 @@ impl ProcessTable {
     /// inserting it. Returns None if /proc has nothing.
     pub fn get_or_load(&mut self, pid: u32) -> Option<&ProcessRecord> {
         if !self.entries.contains_key(&pid) {
-            let record = load(pid, self.clk_tck)?;
+            let record = load(pid, self.clk_tck, &self.redactor)?;
             self.insert(record);
         }
         self.get(pid)
@@ -346,11 +357,11 @@ impl ProcessTable {
 }
 
 /// The args, or None when there are none to show (a kernel thread, a zombie, an empty read).
-fn cmdline_from(raw: &[u8], truncated: bool) -> Option<Vec<String>> {
+fn cmdline_from(raw: &[u8], truncated: bool, redactor: &Redactor) -> Option<Vec<String>> {
     let mut args = if raw.is_empty() {
         Vec::new()
     } else {
-        parse_cmdline(raw)
+        redactor.redact(parse_cmdline(raw))
     };
     if truncated {
         args.push(TRUNCATED.to_owned());
@@ -359,7 +370,7 @@ fn cmdline_from(raw: &[u8], truncated: bool) -> Option<Vec<String>> {
 }
 
 /// One process from /proc, or None if it is gone (or hidden from us).
-fn load(pid: u32, clk_tck: u64) -> Option<ProcessRecord> {
+fn load(pid: u32, clk_tck: u64, redactor: &Redactor) -> Option<ProcessRecord> {
     let dir = Path::new("/proc").join(pid.to_string());
     // Lossy: a comm is any bytes the process chose.
     let stat = parse_stat(&String::from_utf8_lossy(&fs::read(dir.join("stat")).ok()?))?;
@@ -376,14 +387,14 @@ fn load(pid: u32, clk_tck: u64) -> Option<ProcessRecord> {
         ns_pid: parse_status_ns_pid(&status),
         comm: stat.comm,
         exe,
-        cmdline: read_cmdline(&dir.join("cmdline")),
+        cmdline: read_cmdline(&dir.join("cmdline"), redactor),
         uid,
         gid,
         start_time_ns: Some(ticks_to_ns(stat.start_ticks, clk_tck)),
     })
 }
 
-fn read_cmdline(path: &Path) -> Option<Vec<String>> {
+fn read_cmdline(path: &Path, redactor: &Redactor) -> Option<Vec<String>> {
     let mut raw = Vec::new();
     File::open(path)
         .ok()?
@@ -392,7 +403,7 @@ fn read_cmdline(path: &Path) -> Option<Vec<String>> {
         .ok()?;
     let truncated = raw.len() > MAX_CMDLINE_BYTES;
     raw.truncate(MAX_CMDLINE_BYTES);
-    cmdline_from(&raw, truncated)
+    cmdline_from(&raw, truncated, redactor)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -782,10 +793,14 @@ mod tests {
 
     #[test]
     fn cmdline_from_says_none_only_when_there_is_nothing() {
-        assert_eq!(cmdline_from(b"", false), None);
-        assert_eq!(cmdline_from(b"", true), Some(vec![TRUNCATED.to_owned()]));
+        let redactor = Redactor::default();
+        assert_eq!(cmdline_from(b"", false, &redactor), None);
         assert_eq!(
-            cmdline_from(b"sleep\x001\0", false),
+            cmdline_from(b"", true, &redactor),
+            Some(vec![TRUNCATED.to_owned()])
+        );
+        assert_eq!(
+            cmdline_from(b"sleep\x001\0", false, &redactor),
             Some(vec!["sleep".into(), "1".into()])
         );
     }

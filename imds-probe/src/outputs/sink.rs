@@ -3,7 +3,7 @@
 //! fit is counted by the caller.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::File,
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
     sync::{
@@ -13,6 +13,8 @@ use std::{
     },
     thread::JoinHandle,
 };
+
+use crate::host::private_files::PrivateFiles;
 
 /// Events queued for writing at most: about a second of a 20,000 requests/s burst. The
 /// queue's slots are allocated up front.
@@ -36,6 +38,8 @@ pub enum SinkError {
 pub struct Outputs {
     pub stdout: bool,
     pub log_file: Option<PathBuf>,
+    /// Who may read the log file and the directories made for it.
+    pub files: PrivateFiles,
 }
 
 pub struct Sink {
@@ -57,7 +61,11 @@ pub enum Offer {
 
 impl Sink {
     pub fn start(outputs: Outputs) -> Result<Self, SinkError> {
-        let file = outputs.log_file.as_deref().map(open_log).transpose()?;
+        let file = outputs
+            .log_file
+            .as_deref()
+            .map(|path| open_log(&outputs.files, path))
+            .transpose()?;
         let (queue, lines) = mpsc::sync_channel(QUEUE_CAPACITY);
         let output_errors = Arc::new(AtomicU64::new(0));
         let errors = Arc::clone(&output_errors);
@@ -107,14 +115,9 @@ fn offer_to(queue: &SyncSender<Vec<u8>>, line: Vec<u8>) -> Offer {
     }
 }
 
-fn open_log(path: &Path) -> Result<BufWriter<File>, SinkError> {
-    let open = || {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)?;
-        }
-        OpenOptions::new().create(true).append(true).open(path)
-    };
-    open()
+fn open_log(files: &PrivateFiles, path: &Path) -> Result<BufWriter<File>, SinkError> {
+    files
+        .open_append(path)
         .map(BufWriter::new)
         .map_err(|source| SinkError::Open {
             path: path.to_owned(),
@@ -184,12 +187,16 @@ mod tests {
             let mut sink = Sink::start(Outputs {
                 stdout: false,
                 log_file: Some(path.clone()),
+                files: PrivateFiles::default(),
             })
             .unwrap();
             assert_eq!(sink.offer(line.as_bytes().to_vec()), Offer::Queued);
             sink.close();
         }
-        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
-        fs::remove_dir_all(dir).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,0 +1,76 @@
+//! What a hostile or careless local user can put in front of the daemon: secrets on command
+//! lines, and the files the daemon writes about everyone's processes.
+
+use std::os::unix::fs::MetadataExt as _;
+
+use imds_probe_tests::{Setup, backend};
+
+#[test]
+fn secrets_on_command_lines_are_written_nowhere() {
+    let backend = backend().0;
+    let Some(mut t) = Setup::with_daemon_args(
+        "optional",
+        &[],
+        &["--backend", &backend, "--sensitive-word", "signing"],
+    ) else {
+        return;
+    };
+    // The caller carries two secrets, its parent shell (not exec'd away: `; true`) a third
+    // under a word of the test's own.
+    let caller = "python3 -c 'import socket; s = socket.create_connection((\"169.254.169.254\", 80)); \
+                  s.sendall(b\"GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n\"); s.recv(99)' \
+                  --password hunter2 AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIexample; true";
+    let (shell, out) =
+        t.ns.client("sh", &["-c", caller, "sh", "--signing-key", "parentSeed42"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event = &t
+        .daemon
+        .requests_where("the shell's child", 1, |e| e["parents"][0]["pid"] == shell)[0];
+    assert_eq!(event["class"], "imdsv1");
+    let cmdline = &event["process"]["cmdline"];
+    assert_eq!(cmdline[3], "--password", "{cmdline}");
+    assert_eq!(cmdline[4], "[redacted]", "{cmdline}");
+    assert_eq!(cmdline[5], "AWS_SECRET_ACCESS_KEY=[redacted]", "{cmdline}");
+    let parent = &event["parents"][0]["cmdline"];
+    assert_eq!(parent[5], "[redacted]", "{parent}");
+
+    t.daemon.stop();
+    let log = std::fs::read_to_string(&t.daemon.log_file).unwrap();
+    assert!(log.contains("imdsv1"), "the log file has the event");
+    for (what, text) in [
+        ("stdout", t.daemon.stdout()),
+        ("log file", log),
+        ("stderr", t.daemon.stderr()),
+    ] {
+        for secret in ["hunter2", "wJalrXUtnFEMIexample", "parentSeed42"] {
+            assert!(!text.contains(secret), "{secret} leaked into {what}");
+        }
+    }
+}
+
+#[test]
+fn written_files_are_closed_to_other_users() {
+    let backend = backend().0;
+    // A gid other than root's, so the test sees the daemon change it; a group need not
+    // exist in /etc/group to own a file (the VMs have none).
+    let gid = 4242;
+    let Some(mut t) = Setup::with_daemon_args(
+        "optional",
+        &[],
+        &["--backend", &backend, "--output-group", &gid.to_string()],
+    ) else {
+        return;
+    };
+    t.daemon.stop();
+    let file = std::fs::metadata(&t.daemon.log_file).unwrap();
+    assert_eq!(file.mode() & 0o7777, 0o640, "log file mode");
+    assert_eq!(file.gid(), gid, "log file group");
+    // The daemon made the log's directory (the test's temp dir holds only its parent).
+    let dir = std::fs::metadata(t.daemon.log_file.parent().unwrap()).unwrap();
+    assert_eq!(dir.mode() & 0o7777, 0o750, "log directory mode");
+    assert_eq!(dir.gid(), gid, "log directory group");
+}
