@@ -160,3 +160,20 @@ fn only_file_ending(dir: &Path, suffix: &str) -> Result<PathBuf> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_static_from_dynamic_executables() {
+        // Debian's sh is dynamic; busybox-static (a setup package) is static.
+        let sh = elf_interpreter(Path::new("/bin/sh")).expect("readable");
+        assert!(sh.is_some_and(|loader| loader.contains("ld-linux")));
+        assert_eq!(
+            elf_interpreter(Path::new("/bin/busybox")).expect("readable"),
+            None
+        );
+        assert!(elf_interpreter(Path::new("/etc/hostname")).is_err());
+    }
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{boot, cmd, package, setup, vm, workspace::Workspace};
+use crate::{cmd, package, setup, vm, workspace::Workspace};
 
 /// What a stage's failure means for the stages after it.
 #[derive(Clone, Copy, PartialEq)]
@@ -34,11 +34,6 @@ const STAGES: &[Stage] = &[
     // Every kernel with every backend.
     Stage("vm-test", Kind::Vm, |ws| {
         vm::test(ws, &vm::Options::default())
-    }),
-    // The packaged daemon in a real systemd boot (6.1 only: each boot is a minute or more
-    // under emulation).
-    Stage("boot-test", Kind::Vm, |ws| {
-        boot::run(ws, &boot::Options::default())
     }),
 ];
 

@@ -29,8 +29,8 @@ use crate::{
 const MAX_EXPOSURE: f64 = 3.0;
 
 /// The full boot (restarts under load included) and each timing boot, under emulation.
-const FULL_BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
-const TIMING_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+const FULL_BOOT_TIMEOUT: Duration = Duration::from_secs(2400);
+const TIMING_BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -267,7 +267,7 @@ fn check_restarts(restarts: &Value, text: &mut String) -> Result<()> {
         let name = action["action"].as_str().unwrap_or("?");
         let Some(took) = action["took_ms"].as_u64() else {
             bail!(
-                "after `{name}` imds-probe was not READY again within a minute: {}",
+                "after `{name}` imds-probe was not READY again within five minutes: {}",
                 action["output"]
             );
         };
