@@ -19,8 +19,10 @@ pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// The package the daemon and its packaging metadata live in.
 const PACKAGE: &str = "imds-probe";
 
-/// What the packages and the bare download hold; fake-imds is built too, for the boot test.
+/// What the packages and the bare download hold.
 const DAEMON: &str = "imds-probe";
+/// Built static too, for the boot test's VM.
+const TEST_KIT: &str = "imds-probe-test-kit";
 pub const FAKE_IMDS: &str = "fake-imds";
 
 const UNIT: &str = "systemd/imds-probe.service";
@@ -48,7 +50,12 @@ pub fn run(ws: &Workspace) -> Result<Dist> {
         MUSL_TARGET,
         "-p",
         PACKAGE,
-        "--bins",
+        "--bin",
+        DAEMON,
+        "-p",
+        TEST_KIT,
+        "--bin",
+        FAKE_IMDS,
     ]))?;
     let target = ws.target_dir()?;
     let bin_dir = target.join(MUSL_TARGET).join("release");
