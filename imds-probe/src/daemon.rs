@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     attribution::{Attributor, redact::Redactor, source::ProcReader},
-    capture::{self, BackendChoice, open_connections, read_loss},
+    capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
     host::{allocator, notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::{
         event::Clock,
@@ -39,6 +39,7 @@ pub struct RunOptions {
     pub sensitive_words: Vec<String>,
     /// The group (name or gid) that may read the files the daemon writes, besides root.
     pub output_group: Option<String>,
+    pub kernel_log: KernelLogLevel,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -67,7 +68,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         mut ebpf,
         ring,
         loss,
-    } = capture::start(options.backend)?;
+        kernel_log,
+    } = capture::start(options.backend, options.kernel_log)?;
+    if let Some(reader) = kernel_log {
+        tokio::spawn(reader.run());
+    }
     allocator::after_start_up();
     // SAFETY: the RingBuf owns its map fd and returns that same fd from as_raw_fd for as long
     // as it lives, and the AsyncFd owns the RingBuf.
