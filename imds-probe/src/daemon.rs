@@ -21,7 +21,7 @@ use crate::{
     attribution::{Attributor, redact::Redactor, source::ProcReader},
     capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
     causes::Causes,
-    host::{identity, notify::notify, private_files::PrivateFiles, privileges, system},
+    host::{allocator, identity, notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::{
         event::Clock,
         ledger::{Ledger, store, window::Window},
@@ -96,13 +96,7 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     PrivateFiles::restrict_process_umask();
     let files = PrivateFiles::new(options.output_group.as_deref())?;
     let _instance = system::single_instance()?;
-    // Start-up reads and parses the kernel's BTF twice (our offset reader, then aya's loader,
-    // which parses it even though nothing uses it): megabytes, freed right away. With glibc's
-    // sliding threshold the first free raises it, the second parse lands on the heap, and the
-    // heap never shrinks back; a fixed threshold gives each big buffer its own mapping that
-    // goes back to the kernel when freed (VmHWM 28.7 -> 23.2 MiB on 6.18; see README).
-    // SAFETY: mallopt only tunes glibc's allocator; it is called before start-up allocates.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
+    allocator::before_start_up();
     let sink = WriterThread::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
@@ -146,10 +140,7 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     if let Some(reader) = kernel_log {
         tokio::spawn(reader.run());
     }
-    // Hand back what start-up freed below the mmap threshold (the object, small BTF parts)
-    // rather than carry it for the daemon's life.
-    // SAFETY: malloc_trim only releases free memory of glibc's allocator.
-    unsafe { libc::malloc_trim(0) };
+    allocator::after_start_up();
     // SAFETY: the RingBuf owns its map fd and returns that same fd from as_raw_fd for as long
     // as it lives, and the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }

@@ -7,8 +7,8 @@
 //! serial console, and panic and hang detection on the host side.
 
 mod initramfs;
-mod kernels;
-mod qemu;
+pub mod kernels;
+pub mod qemu;
 
 use std::{
     fmt::Write as _,
@@ -315,8 +315,9 @@ fn run(ws: &Workspace, opts: &Options, job: &Job) -> Result<()> {
 }
 
 /// Two vm-tests at once would share the cache's apt state and target/vm, and each would get
-/// half the CPU under the tests' 20 s deadlines: a second one waits for the first.
-fn lock() -> Result<fs::File> {
+/// half the CPU under the tests' 20 s deadlines: a second one waits for the first. The boot
+/// test takes it too, for the same cache and the same CPU.
+pub fn lock() -> Result<fs::File> {
     let path = Path::new(kernels::CACHE_DIR).join(".lock");
     fs::create_dir_all(kernels::CACHE_DIR)
         .with_context(|| format!("creating {} (run vm-test as root)", kernels::CACHE_DIR))?;
