@@ -7,6 +7,10 @@
 use std::{
     collections::HashSet,
     hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use crate::{
@@ -16,10 +20,14 @@ use crate::{
         open_connections::{MAX_REPORTED, Scan},
         records::Record,
     },
+    host::identity::Identity,
     outputs::{
         event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
+        ledger::{Ledger, store, window::Window},
         loss::{KernelLoss, LossCounts},
+        metrics::{Dimensions, MinuteCounts},
         sink::{Offer, Sink},
+        summary::{Limiter, SummaryEvent},
     },
     streams::{
         classify::classify,
@@ -41,26 +49,83 @@ struct Emitter {
     /// Keys the hash that turns a connection's kernel identity (a socket cookie, or for the
     /// send hooks a kernel address that must not be disclosed) into the opaque id events carry.
     connection_ids: RandomState,
+    /// The daemon's own requests (its identity, the SDK's credentials) are marked as such.
+    own_pid: u32,
     clock: Clock,
     sink: Box<dyn Sink>,
+    /// Per-minute EMF metrics, where asked for.
+    metrics: Option<MetricsOutput>,
+    /// What the CloudWatch shipper could not ship, where it runs.
+    unshipped: Option<Arc<AtomicU64>>,
     /// User-space counters; the kernel's are merged in when reporting.
     counts: LossCounts,
     reported: LossCounts,
+    /// Every request is counted here, whatever the events say.
+    ledger: Ledger,
+    /// The ledger's eviction count when this run began: the file's count spans every run.
+    evicted_before: u64,
+    /// None: one event per request (`--every-request`).
+    limiter: Option<Limiter>,
+    summaries: Vec<SummaryEvent>,
 }
 
 impl Pipeline {
-    pub fn new(sink: Box<dyn Sink>, who: Attributor, clock: Clock) -> Self {
+    /// `ledger` counts every request; `limiter` bounds the request events (None: one per
+    /// request).
+    pub fn new(
+        sink: Box<dyn Sink>,
+        who: Attributor,
+        clock: Clock,
+        ledger: Ledger,
+        limiter: Option<Limiter>,
+    ) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
             out: Emitter {
                 who,
                 connection_ids: RandomState::new(),
+                own_pid: std::process::id(),
                 clock,
                 sink,
+                metrics: None,
+                unshipped: None,
                 counts: LossCounts::default(),
                 reported: LossCounts::default(),
+                evicted_before: ledger.callers_evicted(),
+                ledger,
+                limiter,
+                summaries: Vec::new(),
             },
             items: Vec::new(),
+        }
+    }
+
+    /// Also count requests per minute, written by `flush_metrics` to `sink` as EMF.
+    pub fn with_metrics(mut self, sink: Box<dyn Sink>, dimensions: Dimensions) -> Self {
+        self.out.metrics = Some(MetricsOutput {
+            counts: MinuteCounts::default(),
+            sink,
+            dimensions,
+        });
+        self
+    }
+
+    /// Also report what the CloudWatch shipper counts as unshipped.
+    pub fn with_unshipped(mut self, unshipped: Arc<AtomicU64>) -> Self {
+        self.out.unshipped = Some(unshipped);
+        self
+    }
+
+    /// Writes the minute's metrics line (if metrics are on) and starts the next minute.
+    pub fn flush_metrics(&mut self, identity: Option<&Identity>) {
+        if let Some(metrics) = self.out.metrics.as_mut() {
+            let now = self.out.clock.now().0;
+            let line = metrics.counts.take_line(now, metrics.dimensions, identity);
+            // One line a minute: a full queue or a dead writer is an output error, logged
+            // by the sink; the events' own loss accounting is not the place for it.
+            if metrics.sink.offer(line) != Offer::Queued {
+                tracing::warn!("the metrics line for this minute could not be queued");
+            }
         }
     }
 
@@ -119,11 +184,14 @@ impl Pipeline {
         }
     }
 
-    /// Housekeeping, once a second: follows steps of the wall clock (NTP), and drops the
-    /// processes whose grace period after exit has ended.
+    /// Housekeeping, once a second: follows steps of the wall clock (NTP), drops the
+    /// processes whose grace period after exit has ended, and writes the `request_summary`
+    /// events of the callers' windows that have ended.
     pub fn tick(&mut self) {
         self.out.clock.resync();
-        self.out.who.reap(self.out.clock.monotonic_ns());
+        let now = self.out.clock.monotonic_ns();
+        self.out.who.reap(now);
+        self.out.summarise(now, false);
     }
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
@@ -159,7 +227,8 @@ impl Pipeline {
         }
     }
 
-    /// The daemon is stopping: heads still in flight become `unknown`.
+    /// The daemon is stopping: heads still in flight become `unknown`, and every window of
+    /// the event limiter is summarised.
     pub fn finish(&mut self) {
         let now = self.out.clock.monotonic_ns();
         for (cookie, mut connection) in self.connections.drain() {
@@ -168,11 +237,57 @@ impl Pipeline {
                 .finish(UnknownReason::IncompleteAtShutdown, &mut self.items);
             self.out.emit(cookie, &connection, now, &mut self.items);
         }
+        self.out.summarise(now, true);
     }
 
     pub fn close(mut self) {
         self.out.sink.close();
+        if let Some(metrics) = self.out.metrics.as_mut() {
+            metrics.sink.close();
+        }
     }
+
+    /// SIGHUP: the log file is opened again (logrotate moved it).
+    pub fn reopen_outputs(&self) {
+        self.out.sink.reopen();
+    }
+
+    /// Opens this run's observation window in the ledger.
+    pub fn start_window(&mut self, window: Window) {
+        self.out.ledger.start_window(window);
+    }
+
+    /// Brings this run's window up to now and writes the ledger (`stopped`: at a clean stop).
+    pub fn write_ledger(
+        &mut self,
+        state_dir: &std::path::Path,
+        kernel: &KernelLoss,
+        stopped: bool,
+    ) -> Result<(), store::StoreError> {
+        let lost = self.out.total_loss(kernel).unseen();
+        let now = self.out.clock.now().0;
+        self.out.ledger.update_window(now, lost, stopped);
+        store::write(state_dir, self.out.ledger.data())
+    }
+
+    /// The line `systemctl status` shows (sd_notify STATUS=).
+    pub fn status(&self) -> String {
+        let (requests, v1_callers) = self.out.ledger.totals();
+        format!(
+            "IMDSv1 callers: {v1_callers}; requests: imdsv1 {}, imdsv2 {}, token {}, unknown {}; lost: {}",
+            requests.imdsv1,
+            requests.imdsv2,
+            requests.token,
+            requests.unknown,
+            self.out.reported.unseen()
+        )
+    }
+}
+
+struct MetricsOutput {
+    counts: MinuteCounts,
+    sink: Box<dyn Sink>,
+    dimensions: Dimensions,
 }
 
 impl Emitter {
@@ -183,6 +298,7 @@ impl Emitter {
                 remote: &connection.remote,
                 backend: connection.backend,
                 connection: self.connection_ids.hash_one(cookie),
+                own: connection.last_sender.pid == self.own_pid,
                 who: self.who.describe(&connection.last_sender, &self.clock),
             };
             let event = match item {
@@ -192,8 +308,44 @@ impl Emitter {
                 }
                 Item::Unknown(reason) => RequestEvent::unknown(reason, ctx),
             };
-            self.write(&event);
+            if let Some(metrics) = self.metrics.as_mut().filter(|_| !event.own) {
+                let caller = (&event.who.process.exe, &event.who.systemd_unit);
+                metrics
+                    .counts
+                    .request(event.class, self.connection_ids.hash_one(caller));
+            }
+            // The daemon's own requests are not a caller's: they never count against the
+            // verdict.
+            if !event.own {
+                self.ledger.record(&event, ts);
+            }
+            let full = match self.limiter.as_mut() {
+                Some(limiter) => limiter.admit(&event, ts, &self.clock, &mut self.summaries),
+                None => true,
+            };
+            self.write_summaries();
+            if full {
+                self.write(&event);
+            }
         }
+    }
+
+    fn summarise(&mut self, now_ns: u64, all: bool) {
+        if let Some(limiter) = self.limiter.as_mut() {
+            let ended = limiter.ended(now_ns, all, &self.clock);
+            self.summaries.extend(ended);
+            self.write_summaries();
+        }
+    }
+
+    fn write_summaries(&mut self) {
+        let summaries = std::mem::take(&mut self.summaries);
+        for summary in &summaries {
+            self.write(summary);
+        }
+        // The buffer is reused: no allocation per request.
+        self.summaries = summaries;
+        self.summaries.clear();
     }
 
     fn write<T: serde::Serialize>(&mut self, event: &T) {
@@ -259,17 +411,30 @@ impl Emitter {
         }
     }
 
-    /// Emits a `loss` event and a log line if anything was lost since the last report.
-    fn report_loss(&mut self, kernel: &KernelLoss) {
+    /// Everything lost since this run began, the kernel's `kernel` counts merged in.
+    fn total_loss(&self, kernel: &KernelLoss) -> LossCounts {
         let mut total = self.counts;
         total.processes_evicted = self.who.evicted();
+        total.ledger_callers_evicted = self.ledger.callers_evicted() - self.evicted_before;
         total.set_kernel(kernel);
         total.output_errors += self.sink.output_errors();
+        if let Some(unshipped) = &self.unshipped {
+            total.cloudwatch_unshipped = unshipped.load(Ordering::Relaxed);
+        }
+        total
+    }
+
+    /// Emits a `loss` event and a log line if anything was lost since the last report.
+    fn report_loss(&mut self, kernel: &KernelLoss) {
+        let total = self.total_loss(kernel);
         let since_last = total.since(&self.reported);
         if since_last.is_zero() {
             return;
         }
         tracing::warn!(?since_last, ?total, "events were lost");
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.counts.lost(since_last.sum());
+        }
         self.reported = total;
         self.write(&LossEvent {
             ts: self.clock.now(),

@@ -1,6 +1,6 @@
-//! `cargo xtask bench [overhead|capacity|latency|startup|processes|clients|idle|all]`: numbers measured side by side
-//! in one run, printed as tables with medians and spreads. Nothing here asserts a speed; the
-//! targets are printed next to the numbers for a reader to judge.
+//! `cargo xtask bench [overhead|capacity|latency|startup|processes|clients|idle|log-volume|shipping|all]`:
+//! numbers measured side by side in one run, printed as tables with medians and spreads. Nothing
+//! here asserts a speed; the targets are printed next to the numbers for a reader to judge.
 //!
 //! Every IMDS request goes to a network namespace this run creates, with 169.254.169.254 and
 //! fd00:ec2::254 on its own loopback, and deletes at the end (also on error or Ctrl-C): no
@@ -11,9 +11,11 @@ mod clients;
 mod harness;
 mod idle;
 mod latency;
+mod log_volume;
 mod overhead;
 mod processes;
 mod procfs;
+mod shipping;
 mod startup;
 mod stats;
 
@@ -81,6 +83,10 @@ enum Which {
     Clients,
     /// Wake-ups and CPU per minute with no IMDS traffic: nothing else, and a fork/exec storm.
     Idle,
+    /// Bytes of events per request: one caller polling 10/s, 100 callers, --every-request.
+    LogVolume,
+    /// What shipping to CloudWatch Logs (moto stands in) costs the daemon; not in `all`.
+    Shipping,
     All,
 }
 
@@ -164,6 +170,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Processes => processes::run(&ctx)?,
             Which::Clients => clients::run(&ctx)?,
             Which::Idle => idle::run(&ctx, args.baseline_dir.as_deref())?,
+            Which::LogVolume => log_volume::run(&ctx)?,
+            Which::Shipping => shipping::run(&ctx)?,
             Which::All => unreachable!("expanded above"),
         }
     }
