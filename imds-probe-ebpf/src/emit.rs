@@ -59,21 +59,19 @@ pub enum Memory {
 #[inline(always)]
 pub fn emit_chunk(meta: &SendMeta, stream_offset: u64, src: *const u8, len: u32) {
     if (len as usize) <= SMALL_CHUNK {
-        emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len, 0, Memory::Kernel)
+        emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len, Memory::Kernel)
     } else {
-        emit_sized::<{ CHUNK_BYTES }>(meta, stream_offset, src, len, 0, Memory::Kernel)
+        emit_sized::<{ CHUNK_BYTES }>(meta, stream_offset, src, len, Memory::Kernel)
     }
 }
 
-/// Copies up to `N` bytes at `src` into one record of payload capacity `N`, followed by
-/// `lost` bytes of the connection that were not captured.
+/// Copies up to `N` bytes at `src` into one record of payload capacity `N`.
 #[inline(always)]
 pub fn emit_sized<const N: usize>(
     meta: &SendMeta,
     stream_offset: u64,
     src: *const u8,
     len: u32,
-    lost: u32,
     memory: Memory,
 ) {
     let Some(mut entry) = EVENTS.reserve::<SendRecord<N>>(0) else {
@@ -99,7 +97,7 @@ pub fn emit_sized<const N: usize>(
             family: meta.family,
             send_size: meta.send_size,
             len,
-            lost,
+            _pad: 0,
         };
         let dst = (*record).data.as_mut_ptr().cast();
         match memory {
@@ -126,21 +124,13 @@ pub fn emit_sized<const N: usize>(
     }
 }
 
-/// A record with no bytes that says `lost` bytes from `stream_offset` on were sent and not
-/// captured: user space reports the request they held now, attributed to this sender, even
-/// when they are the first bytes of the connection or its last (a lost tail would otherwise
-/// hide its requests). The full-size record, as the send hooks already reserve it: a second
-/// size there costs verifier work.
+/// A record with no bytes that ends at `end`: whatever no record carried before it is a gap
+/// that user space sees now, attributed to this sender, rather than at a later send or never
+/// (a lost tail at the end of a connection would otherwise hide its requests). The full-size
+/// record, as the send hooks already reserve it: a second size there costs verifier work.
 #[inline(always)]
-pub fn emit_lost(meta: &SendMeta, stream_offset: u64, lost: u32) {
-    emit_sized::<{ CHUNK_BYTES }>(
-        meta,
-        stream_offset,
-        core::ptr::null(),
-        0,
-        lost,
-        Memory::Kernel,
-    )
+pub fn emit_gap_end(meta: &SendMeta, end: u64) {
+    emit_sized::<{ CHUNK_BYTES }>(meta, end, core::ptr::null(), 0, Memory::Kernel)
 }
 
 /// A record header stamped now.
