@@ -9,7 +9,10 @@ use std::{
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use imds_probe::{
-    capture::{BackendChoice, kernel_log::KernelLogLevel},
+    capture::{
+        BackendChoice,
+        kernel_log::{self, KernelLogLevel},
+    },
     config,
     daemon::{self, CloudWatchOptions, RunOptions},
     outputs::{
@@ -211,7 +214,10 @@ fn cloudwatch(command: CloudwatchCommand) -> Result<()> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("IMDS_PROBE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("IMDS_PROBE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info"))
+                // `--kernel-log` chooses what the programs write; all of it is shown.
+                .add_directive(format!("{}=trace", kernel_log::TARGET).parse()?),
         )
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal: journald and log files keep escape codes.
