@@ -20,7 +20,7 @@ use imds_probe_common::{
 
 use crate::{
     conn::{self, Peer, RawPeer},
-    emit::emit_close,
+    emit::{emit_close, emit_open},
     maps::{IMDS_SOCKETS, count_loss},
 };
 
@@ -79,7 +79,9 @@ fn on_established(ctx: &SockOpsContext) {
     if enrolled.is_err() || ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_err() {
         conn::forget(sk);
         count_loss(LOSS_CONNECTION_UNTRACKED);
+        return;
     }
+    emit_open(BACKEND_SK_MSG, initial.cookie);
 }
 
 fn on_close(ctx: &SockOpsContext) {

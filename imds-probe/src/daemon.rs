@@ -4,7 +4,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
 use imds_probe_common::loss::LOSS_COUNTERS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -97,19 +100,19 @@ pub async fn run(options: RunOptions) -> Result<()> {
         tokio::select! {
             readable = ring.readable_mut() => match readable {
                 Ok(mut guard) => {
-                    drain(guard.get_inner_mut(), &mut pipeline);
+                    drain(guard.get_inner_mut(), &mut pipeline, Some(&mut ebpf));
                     guard.clear_ready();
                 }
                 Err(error) => break Err(anyhow::Error::new(error).context("waiting on the ring buffer")),
             },
-            _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline),
+            _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline, Some(&mut ebpf)),
             _ = loss_tick.tick() => {
                 read_loss(&loss, &mut kernel_loss);
                 pipeline.report_loss(kernel_loss);
             }
             _ = close_tick.tick(), if !enrolled.is_empty() => {
                 // The sends before a close are in the ring buffer already: they go first.
-                drain(ring.get_mut(), &mut pipeline);
+                drain(ring.get_mut(), &mut pipeline, Some(&mut ebpf));
                 for cookie in capture::sk_msg::closed(&ebpf, &mut enrolled) {
                     pipeline.closed_unreported(cookie);
                 }
@@ -132,7 +135,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     tracing::info!("stopping: detaching programs and draining the ring buffer");
     drop(ebpf);
-    drain(ring.get_mut(), &mut pipeline);
+    drain(ring.get_mut(), &mut pipeline, None);
     pipeline.finish();
     read_loss(&loss, &mut kernel_loss);
     pipeline.report_loss(kernel_loss);
@@ -140,8 +143,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
     outcome
 }
 
-fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+/// Hands every record in the ring buffer to the pipeline. While the programs are attached
+/// (`ebpf`), it also takes the sockets the pipeline gives up out of the socket hash, as soon
+/// as it does: a flood of connections is met while it arrives, not after.
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, mut ebpf: Option<&mut Ebpf>) {
     while let Some(record) = ring.next() {
         pipeline.handle(&record);
+        drop(record);
+        if let Some(ebpf) = ebpf.as_deref_mut() {
+            let victims = pipeline.evict_idle_sockets();
+            if !victims.is_empty() {
+                capture::sk_msg::evict(ebpf, &victims);
+            }
+        }
     }
 }

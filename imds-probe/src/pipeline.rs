@@ -13,6 +13,7 @@ use crate::{
         Backend,
         open_connections::{MAX_REPORTED, Scan},
         records::Record,
+        socket_budget::SocketBudget,
     },
     outputs::{
         event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
@@ -28,6 +29,8 @@ use crate::{
 
 pub struct Pipeline {
     connections: ConnectionTable,
+    /// The kernel's socket hash, as sk_msg's open and send records show it.
+    sockets: SocketBudget,
     out: Emitter,
     items: Vec<Item>,
 }
@@ -50,6 +53,7 @@ impl Pipeline {
     pub fn new(sink: Sink, who: Attributor) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
+            sockets: SocketBudget::default(),
             out: Emitter {
                 who,
                 connection_ids: RandomState::new(),
@@ -76,6 +80,9 @@ impl Pipeline {
                     &chunk.comm,
                 );
                 let ts = chunk.header.ts_ns;
+                if backend == Backend::SkMsg {
+                    self.sockets.used(chunk.cookie);
+                }
                 let (connection, evicted) = self.connections.entry(chunk.cookie, || Connection {
                     stream: RequestStream::default(),
                     offsets: StreamOffsets::for_backend(backend),
@@ -104,6 +111,7 @@ impl Pipeline {
                 }
             }
             Ok(Record::Close(close)) => self.close_connection(close.cookie, close.header.ts_ns),
+            Ok(Record::Open(open)) => self.sockets.used(open.cookie),
             Ok(Record::Exec(exec)) => self.out.who.exec(*exec),
             Ok(Record::Fork(fork)) => self.out.who.fork(fork),
             Ok(Record::Exit(exit)) => self.out.who.exit(exit),
@@ -139,10 +147,34 @@ impl Pipeline {
     /// The connection `cookie` closed at `ts_ns`: a head in flight is `unknown`.
     fn close_connection(&mut self, cookie: u64, ts_ns: u64) {
         tracing::debug!(cookie, "close");
+        self.sockets.forget(cookie);
+        self.end_connection(cookie, ts_ns, UnknownReason::IncompleteAtClose);
+    }
+
+    /// Chooses the sockets to take out of the kernel's socket hash so that new connections
+    /// find room there (`SocketBudget`), counts them, and ends their streams here: a head in
+    /// flight on one is `unknown` (`evicted`). Returns their cookies for the kernel.
+    pub fn evict_idle_sockets(&mut self) -> Vec<u64> {
+        let victims = self.sockets.over_budget();
+        if victims.is_empty() {
+            return victims;
+        }
+        let now = monotonic_ns();
+        for &cookie in &victims {
+            self.end_connection(cookie, now, UnknownReason::Evicted);
+        }
+        self.out.counts.sockets_evicted += victims.len() as u64;
+        tracing::debug!(
+            count = victims.len(),
+            left = self.sockets.len(),
+            "evicting idle sockets"
+        );
+        victims
+    }
+
+    fn end_connection(&mut self, cookie: u64, ts_ns: u64, reason: UnknownReason) {
         if let Some(mut connection) = self.connections.remove(cookie) {
-            connection
-                .stream
-                .finish(UnknownReason::IncompleteAtClose, &mut self.items);
+            connection.stream.finish(reason, &mut self.items);
             self.out.emit(cookie, &connection, ts_ns, &mut self.items);
         }
     }

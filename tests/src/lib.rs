@@ -436,6 +436,15 @@ impl Daemon {
         );
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Every event so far, in the order the daemon wrote them.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.0.lock().unwrap().clone()
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

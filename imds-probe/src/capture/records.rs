@@ -7,7 +7,7 @@ use imds_probe_common::{
     backend::{Backend, UnknownBackend},
     close::Close,
     process::{ExecRecord, ExitRecord, ForkRecord},
-    record::{KIND_CLOSE, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_SEND, RecordHeader},
+    record::{KIND_CLOSE, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_OPEN, KIND_SEND, RecordHeader},
     send::{SEND_CHUNK_HEADER_BYTES, SendChunk},
 };
 
@@ -24,6 +24,8 @@ pub enum Record<'a> {
         data: &'a [u8],
     },
     Close(Close),
+    /// sock_ops enrolled a connection (the `Close` layout).
+    Open(Close),
     // Boxed: an exec is several hundred bytes and the others are small.
     Exec(Box<ExecInfo>),
     Fork(ForkInfo),
@@ -76,6 +78,7 @@ impl<'a> TryFrom<&'a [u8]> for Record<'a> {
                 })
             }
             KIND_CLOSE => Ok(Record::Close(read(bytes)?)),
+            KIND_OPEN => Ok(Record::Open(read(bytes)?)),
             KIND_EXEC => Ok(Record::Exec(Box::new(exec_info(&read(bytes)?)))),
             KIND_FORK => {
                 let fork: ForkRecord = read(bytes)?;
@@ -185,18 +188,22 @@ mod tests {
     }
 
     #[test]
-    fn decodes_close() {
-        let close = Close {
+    fn decodes_close_and_open() {
+        let record = |kind| Close {
             header: RecordHeader {
-                kind: KIND_CLOSE,
+                kind,
                 backend: 1,
                 ts_ns: 1,
             },
             cookie: 9,
         };
         assert!(matches!(
-            Record::try_from(&as_bytes(&close)[..]),
+            Record::try_from(&as_bytes(&record(KIND_CLOSE))[..]),
             Ok(Record::Close(Close { cookie: 9, .. }))
+        ));
+        assert!(matches!(
+            Record::try_from(&as_bytes(&record(KIND_OPEN))[..]),
+            Ok(Record::Open(Close { cookie: 9, .. }))
         ));
     }
 }
