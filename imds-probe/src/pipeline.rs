@@ -27,8 +27,15 @@ use crate::{
     },
 };
 
+/// Bytes of partial request heads held across all connections at most. Each connection may
+/// hold 64 KiB, so 16,384 connections could otherwise hold 1 GiB; real IMDS requests are a few
+/// hundred bytes, so only a deliberate flood of unfinished heads ever reaches this.
+pub const MAX_HELD_HEAD_BYTES: usize = 32 * 1024 * 1024;
+
 pub struct Pipeline {
     connections: ConnectionTable,
+    /// The sum of every connection's `RequestStream::held_bytes`.
+    held_head_bytes: usize,
     /// The kernel's socket hash, as sk_msg's open and send records show it.
     sockets: SocketBudget,
     out: Emitter,
@@ -53,6 +60,7 @@ impl Pipeline {
     pub fn new(sink: Sink, who: Attributor) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
+            held_head_bytes: 0,
             sockets: SocketBudget::default(),
             out: Emitter {
                 who,
@@ -102,10 +110,21 @@ impl Pipeline {
                     send_size = chunk.send_size,
                     "send chunk"
                 );
+                let held_before = connection.stream.held_bytes();
                 connection.stream.feed(offset, data, &mut self.items);
+                self.held_head_bytes =
+                    self.held_head_bytes - held_before + connection.stream.held_bytes();
+                if self.held_head_bytes > MAX_HELD_HEAD_BYTES {
+                    self.held_head_bytes -= connection.stream.held_bytes();
+                    self.out.counts.heads_shed += 1;
+                    connection
+                        .stream
+                        .finish(UnknownReason::HeadsShed, &mut self.items);
+                }
                 self.out.emit(chunk.cookie, connection, ts, &mut self.items);
                 if let Some((cookie, mut old)) = evicted {
                     self.out.counts.connections_evicted += 1;
+                    self.held_head_bytes -= old.stream.held_bytes();
                     old.stream.finish(UnknownReason::Evicted, &mut self.items);
                     self.out.emit(cookie, &old, ts, &mut self.items);
                 }
@@ -174,6 +193,7 @@ impl Pipeline {
 
     fn end_connection(&mut self, cookie: u64, ts_ns: u64, reason: UnknownReason) {
         if let Some(mut connection) = self.connections.remove(cookie) {
+            self.held_head_bytes -= connection.stream.held_bytes();
             connection.stream.finish(reason, &mut self.items);
             self.out.emit(cookie, &connection, ts_ns, &mut self.items);
         }
@@ -182,6 +202,7 @@ impl Pipeline {
     /// The daemon is stopping: heads still in flight become `unknown`.
     pub fn finish(&mut self) {
         let now = monotonic_ns();
+        self.held_head_bytes = 0;
         for (cookie, mut connection) in self.connections.drain() {
             connection
                 .stream

@@ -34,6 +34,9 @@ pub enum UnknownReason {
     Evicted,
     /// The daemon stopped in the middle of a request head.
     IncompleteAtShutdown,
+    /// Partial heads held across all connections reached their cap (`MAX_HELD_HEAD_BYTES`):
+    /// the connection that went over gave its up.
+    HeadsShed,
 }
 
 impl From<Invalid> for UnknownReason {
