@@ -23,9 +23,9 @@ use crate::maps::{EVENTS, count_loss};
 /// per reservation, hence two fixed sizes rather than one variable one.
 pub const SMALL_CHUNK: usize = 512;
 
-/// Sends and closes always wake the reader. Process records are written without a wake-up,
-/// and with the default policy a record behind an unread one wakes nobody: a send would then
-/// wait for the reader's drain timer.
+/// Sends and closes always wake the reader. Process records mostly do not (only once unread
+/// data piles up, see `process.rs`), and with the default policy a record behind an unread one
+/// wakes nobody: a send would then wait for the reader's once-a-second drain.
 const WAKE_READER: u64 = BPF_RB_FORCE_WAKEUP as u64;
 
 /// What identifies the connection and the sender, filled once per send.

@@ -8,7 +8,7 @@
 //! programs emit nothing and user space falls back to /proc.
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
@@ -22,10 +22,13 @@ use imds_probe_common::{
     record::{KIND_EXEC, KIND_EXIT, KIND_FORK},
 };
 
-/// Process records do not wake the reader: sends do, and the reader also drains on a short
-/// timer, so a fork-heavy host does not pay a wake-up per process for a reader that only
-/// needs the records when a send arrives.
-const NO_WAKEUP: u64 = BPF_RB_NO_WAKEUP as u64;
+/// Unread bytes past which a process record wakes the reader. Below it, process records do
+/// not wake it: sends do (the reader takes every record before a send), and the reader also
+/// drains once a second, so an idle host and a fork-heavy one do not pay a wake-up per
+/// process for a reader that only needs the records when a send arrives. 256 KiB is 1/16 of
+/// the ring buffer (about 180 exec records, 5,000 forks or exits): a storm wakes the reader
+/// long before the buffer fills.
+const WAKE_ABOVE_BYTES: u64 = 256 * 1024;
 
 use crate::{
     emit::header,
@@ -121,10 +124,21 @@ pub fn imds_process_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Queues a fixed-size process record (without a wake-up: see NO_WAKEUP).
+/// Whether this process record wakes the reader (see WAKE_ABOVE_BYTES). bpf_ringbuf_query
+/// is there since 5.8, like the ring buffer itself.
+#[inline(always)]
+fn wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= WAKE_ABOVE_BYTES {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
+}
+
+/// Queues a fixed-size process record.
 #[inline(always)]
 fn output<T>(record: T) {
-    if EVENTS.output::<T>(record, NO_WAKEUP).is_err() {
+    if EVENTS.output::<T>(record, wakeup()).is_err() {
         count_loss(LOSS_RING_BUFFER_PROCESS);
     }
 }
@@ -185,6 +199,6 @@ pub fn imds_process_exec(ctx: RawTracePointContext) -> i32 {
         (*record).args_truncated = u32::from(args_total > EXEC_ARGS_BYTES as u64);
         (*record)._pad = 0;
     }
-    entry.submit(NO_WAKEUP);
+    entry.submit(wakeup());
     0
 }

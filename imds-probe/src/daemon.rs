@@ -12,23 +12,26 @@ use imds_probe_common::loss::LOSS_COUNTERS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior},
 };
 
 use crate::{
-    attribution::{Attributor, redact::Redactor},
+    attribution::{Attributor, redact::Redactor, source::ProcReader},
     capture::{self, BackendChoice, open_connections, read_loss},
     host::{notify::notify, private_files::PrivateFiles, privileges, system},
-    outputs::sink::{Outputs, Sink},
+    outputs::{
+        event::Clock,
+        sink::{Outputs, WriterThread},
+    },
     pipeline::Pipeline,
 };
 
-/// How often the ring buffer is drained without a wake-up. At 4 MiB it holds several
-/// thousand exec records, far more than even a fork-heavy host makes in this time.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
-
-/// How soon the close of a socket enrolled by the daemon is noticed: a look through the socket
-/// hash's keys, made only while there are such sockets.
-const CLOSE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// The daemon's one timer, so an idle daemon wakes about once a second. Each tick drains the
+/// process records that did not wake the reader (the kernel wakes it for those only once they
+/// pile up), looks for the close of sockets the daemon enrolled itself (a look through the
+/// socket hash's keys, only while there are such sockets), follows clock steps, reaps exited
+/// processes, and reports loss when that is due.
+const TICK: Duration = Duration::from_secs(1);
 
 pub struct RunOptions {
     pub backend: BackendChoice,
@@ -54,14 +57,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // goes back to the kernel when freed (VmHWM 28.7 -> 23.2 MiB on 6.18; see README).
     // SAFETY: mallopt only tunes glibc's allocator; it is called before start-up allocates.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
-    let sink = Sink::start(Outputs {
+    let sink = WriterThread::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
         files,
     })?;
     let cgroup_root = system::cgroup2_root().ok();
     let redactor = Redactor::new(&options.sensitive_words)?;
-    let mut pipeline = Pipeline::new(sink, Attributor::new(cgroup_root, redactor));
+    let mut who = Attributor::new(Box::new(ProcReader::new(cgroup_root)), redactor);
+    who.seed();
+    let mut pipeline = Pipeline::new(Box::new(sink), who, Clock::host());
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -87,12 +92,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     notify("READY=1").context("sd_notify READY=1")?;
     tracing::info!(%backend, log_file = ?options.log_file, "capturing IMDS requests");
 
-    let mut loss_tick = tokio::time::interval(options.loss_report_interval);
-    // Process records do not wake us (see the kernel side); this drains them in time.
-    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut loss_due = Instant::now() + options.loss_report_interval;
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
-    let mut close_tick = tokio::time::interval(CLOSE_CHECK_INTERVAL);
     let mut kernel_loss = [0; LOSS_COUNTERS as usize];
     // An error ends the loop but not the shutdown below: what was captured is still drained,
     // written and accounted for before the error is returned.
@@ -105,16 +109,20 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 }
                 Err(error) => break Err(anyhow::Error::new(error).context("waiting on the ring buffer")),
             },
-            _ = drain_tick.tick() => drain(ring.get_mut(), &mut pipeline, Some(&mut ebpf)),
-            _ = loss_tick.tick() => {
-                read_loss(&loss, &mut kernel_loss);
-                pipeline.report_loss(kernel_loss);
-            }
-            _ = close_tick.tick(), if !enrolled.is_empty() => {
-                // The sends before a close are in the ring buffer already: they go first.
+            now = tick.tick() => {
+                // First: the sends before a close, and the process records before any later
+                // send, are in the ring buffer already.
                 drain(ring.get_mut(), &mut pipeline, Some(&mut ebpf));
-                for cookie in capture::sk_msg::closed(&ebpf, &mut enrolled) {
-                    pipeline.closed_unreported(cookie);
+                if !enrolled.is_empty() {
+                    for cookie in capture::sk_msg::closed(&ebpf, &mut enrolled) {
+                        pipeline.closed_unreported(cookie);
+                    }
+                }
+                pipeline.tick();
+                if now >= loss_due {
+                    loss_due = now + options.loss_report_interval;
+                    read_loss(&loss, &mut kernel_loss);
+                    pipeline.report_loss(kernel_loss);
                 }
             }
             scan = async { open_scan.as_mut().unwrap().await }, if open_scan.is_some() => {

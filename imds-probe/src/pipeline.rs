@@ -1,6 +1,8 @@
 //! One record at a time, in ring buffer order: decode -> reassemble per connection ->
 //! classify -> attribute -> queue for the sinks. Synchronous and single-threaded: the order
-//! of records is the order of sends, and nothing here waits on I/O except /proc reads.
+//! of records is the order of sends, and nothing here waits on I/O except the process
+//! source's (/proc) reads. Its parts are given to it (the sink, the attributor's process
+//! source, the clock), so a test drives it with record bytes and reads JSON lines back.
 
 use std::{
     collections::HashSet,
@@ -50,14 +52,14 @@ struct Emitter {
     /// send hooks a kernel address that must not be disclosed) into the opaque id events carry.
     connection_ids: RandomState,
     clock: Clock,
-    sink: Sink,
+    sink: Box<dyn Sink>,
     /// User-space counters; the kernel's are merged in when reporting.
     counts: LossCounts,
     reported: LossCounts,
 }
 
 impl Pipeline {
-    pub fn new(sink: Sink, who: Attributor) -> Self {
+    pub fn new(sink: Box<dyn Sink>, who: Attributor, clock: Clock) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
             held_head_bytes: 0,
@@ -65,7 +67,7 @@ impl Pipeline {
             out: Emitter {
                 who,
                 connection_ids: RandomState::new(),
-                clock: Clock::new(),
+                clock,
                 sink,
                 counts: LossCounts::default(),
                 reported: LossCounts::default(),
@@ -141,6 +143,13 @@ impl Pipeline {
         }
     }
 
+    /// Housekeeping, once a second: follows steps of the wall clock (NTP), and drops the
+    /// processes whose grace period after exit has ended.
+    pub fn tick(&mut self) {
+        self.out.clock.resync();
+        self.out.who.reap(self.out.clock.monotonic_ns());
+    }
+
     /// Emits a `loss` event and a log line if anything was lost since the last report.
     pub fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
         self.out.report_loss(kernel);
@@ -160,7 +169,7 @@ impl Pipeline {
     /// The connection `cookie` closed a moment ago and no program said so: the daemon found
     /// out itself (`capture::sk_msg::closed`).
     pub fn closed_unreported(&mut self, cookie: u64) {
-        self.close_connection(cookie, monotonic_ns());
+        self.close_connection(cookie, self.out.clock.monotonic_ns());
     }
 
     /// The connection `cookie` closed at `ts_ns`: a head in flight is `unknown`.
@@ -178,7 +187,7 @@ impl Pipeline {
         if victims.is_empty() {
             return victims;
         }
-        let now = monotonic_ns();
+        let now = self.out.clock.monotonic_ns();
         for &cookie in &victims {
             self.end_connection(cookie, now, UnknownReason::Evicted);
         }
@@ -201,7 +210,7 @@ impl Pipeline {
 
     /// The daemon is stopping: heads still in flight become `unknown`.
     pub fn finish(&mut self) {
-        let now = monotonic_ns();
+        let now = self.out.clock.monotonic_ns();
         self.held_head_bytes = 0;
         for (cookie, mut connection) in self.connections.drain() {
             connection
@@ -302,8 +311,6 @@ impl Emitter {
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
     fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
-        self.clock.resync();
-        self.who.reap(monotonic_ns());
         let mut total = self.counts;
         total.processes_evicted = self.who.evicted();
         total.set_kernel(kernel);
@@ -323,9 +330,5 @@ impl Emitter {
     }
 }
 
-/// CLOCK_MONOTONIC, the clock of the kernel's record timestamps.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
+#[cfg(test)]
+mod golden;

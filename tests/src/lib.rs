@@ -1,21 +1,18 @@
-//! Harness for the privileged integration tests: a network namespace of the test's own with
-//! the IMDS addresses on its loopback, the project's fake IMDS in it, the real daemon with
-//! its real kernel programs, and real clients. Everything is removed on drop, even when the
-//! test fails. Tests wait for events with a deadline, never a fixed sleep.
+//! The integration tests' side of the test kit: the backend under test, the daemon shared out
+//! one test at a time, and waits that fail the test. A network namespace of the test's own
+//! with the IMDS addresses on its loopback, the project's fake IMDS in it, the real daemon
+//! with its real kernel programs, and real clients; everything removed on drop, even when
+//! the test fails. Tests wait for events with a deadline, never a fixed sleep.
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    os::unix::net::UnixDatagram,
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::{
-        Arc, Condvar, Mutex, MutexGuard,
-        atomic::{AtomicU32, Ordering},
-    },
-    thread,
-    time::{Duration, Instant},
+    path::PathBuf,
+    process::{Command, ExitStatus, Output},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
+use imds_probe_test_kit::{Events, Stdout, bin, for_each_event};
+pub use imds_probe_test_kit::{Netns, OrPanic, Server, TempDir};
 use serde_json::Value;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -28,33 +25,15 @@ pub fn backend() -> (String, String) {
     (cli, json)
 }
 
-/// Where the built binaries are: $IMDS_PROBE_BIN_DIR (set by `cargo xtask test`), else the
-/// workspace's release, then debug, directory.
-pub fn bin(name: &str) -> PathBuf {
-    let candidates = std::env::var_os("IMDS_PROBE_BIN_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(["release", "debug"].map(|profile| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target")
-                .join(profile)
-        }));
-    for dir in candidates {
-        let path = dir.join(name);
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!(
-        "binary {name} not found: run `cargo xtask test`, or build with `cargo build --release -p imds-probe --bins`"
-    )
+/// A binary of the daemon's or the kit's; the test fails if it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    bin(name).or_panic()
 }
 
 /// Privileged tests need root. They fail rather than pass silently without it, unless the
 /// caller opted out explicitly.
 pub fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if imds_probe_test_kit::is_root() {
         return true;
     }
     if std::env::var_os("IMDS_PROBE_SKIP_PRIVILEGED").is_some() {
@@ -66,148 +45,18 @@ pub fn require_root() -> bool {
     );
 }
 
-fn run(cmd: &mut Command) -> Output {
-    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+/// A namespace of the test's own, with the fake IMDS in it in token `mode`, also listening
+/// on `extra_listen`.
+pub fn netns_with_imds(mode: &str, extra_listen: &[&str]) -> (Netns, Server) {
+    let ns = Netns::new().or_panic();
+    let imds = Server::fake_imds(&binary("fake-imds"), &ns, mode, extra_listen).or_panic();
+    (ns, imds)
 }
 
-/// A network namespace with 169.254.169.254 and fd00:ec2::254 on its loopback: traffic to
-/// the IMDS addresses from inside it never leaves the machine.
-pub struct Netns {
-    pub name: String,
+/// Runs a client in `ns` to completion; returns its pid and output.
+pub fn client(ns: &Netns, program: &str, args: &[&str]) -> (u32, Output) {
+    ns.client(program, args).or_panic()
 }
-
-impl Netns {
-    pub fn new() -> Self {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "imdsp-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"]);
-        ns.ip(&["addr", "add", "169.254.169.253/32", "dev", "lo"]);
-        ns.ip(&["addr", "add", "fd00:ec2::254/128", "dev", "lo", "nodad"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args));
-    }
-
-    /// A command that runs inside the namespace (`ip netns exec` execs in place, so the
-    /// child's pid is the client's pid).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
-    }
-
-    /// Runs a client to completion; returns its pid and output.
-    pub fn client(&self, program: &str, args: &[&str]) -> (u32, Output) {
-        let child = self
-            .command(program)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        let pid = child.id();
-        let output = child.wait_with_output().expect("client wait");
-        (pid, output)
-    }
-
-    /// Runs Python code inside the namespace; asserts it succeeded; returns its pid.
-    pub fn python(&self, code: &str) -> u32 {
-        let (pid, output) = self.client("python3", &["-c", code]);
-        assert!(
-            output.status.success(),
-            "python client failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        pid
-    }
-
-    /// Starts the project's fake IMDS in the namespace and waits until it listens.
-    pub fn fake_imds(&self, mode: &str, extra_listen: &[&str]) -> Server {
-        let mut cmd = self.command(bin("fake-imds"));
-        cmd.args([
-            "--mode",
-            mode,
-            "--listen",
-            "169.254.169.254:80",
-            "--listen",
-            "[fd00:ec2::254]:80",
-        ]);
-        for listen in extra_listen {
-            cmd.args(["--listen", listen]);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn fake-imds");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("read fake-imds");
-        assert_eq!(line.trim(), "listening", "fake-imds did not start");
-        Server { child }
-    }
-}
-
-impl Default for Netns {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Processes still inside would keep it alive; kill them first.
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|out| {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-pub struct Server {
-    child: Child,
-}
-
-impl Server {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Only one daemon runs at a time: a socket joins the sockhash of the first daemon that
-/// enrols it, and a second daemon's enrolment fails (and is counted as a loss). Tests in one
-/// binary therefore take turns; cargo runs test binaries one after another.
-static ONE_DAEMON: Mutex<()> = Mutex::new(());
 
 /// What every privileged test starts from: the daemon on the backend under test, a namespace
 /// with the IMDS addresses, and the fake IMDS in it. None when the test is to be skipped.
@@ -228,269 +77,211 @@ impl Setup {
             return None;
         }
         let daemon = Daemon::start(args);
-        let ns = Netns::new();
-        let imds = ns.fake_imds(mode, extra_listen);
+        let (ns, imds) = netns_with_imds(mode, extra_listen);
         Some(Self { ns, imds, daemon })
     }
 
+    /// Runs a client in the namespace; returns its pid and output.
+    pub fn client(&self, program: &str, args: &[&str]) -> (u32, Output) {
+        client(&self.ns, program, args)
+    }
+
+    /// Runs Python code in the namespace; asserts it succeeded; returns its pid.
+    pub fn python(&self, code: &str) -> u32 {
+        let (pid, output) = self.client("python3", &["-c", code]);
+        assert!(
+            output.status.success(),
+            "python client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        pid
+    }
+
     /// Runs `program args` in the namespace as a client, asserts that it exited 0, and
-    /// returns the first `count` request events of its process.
-    pub fn requests_of(&self, count: usize, program: &str, args: &[&str]) -> Vec<Value> {
-        let (pid, out) = self.ns.client(program, args);
+    /// returns exactly the request events of its process.
+    pub fn requests_of(&self, program: &str, args: &[&str]) -> Vec<Value> {
+        let (pid, out) = self.client(program, args);
         assert!(
             out.status.success(),
             "{program} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        self.daemon.requests_from(pid, count)
+        self.requests_from(pid)
+    }
+
+    /// Every request event of `pid`, exactly (see `requests_where`).
+    pub fn requests_from(&self, pid: u32) -> Vec<Value> {
+        requests_where(&self.ns, &self.daemon, &format!("pid {pid}"), |e| {
+            e["process"]["pid"] == pid
+        })
+    }
+
+    /// The one request event of `pid`; fails the test unless there is exactly one.
+    pub fn request_from(&self, pid: u32) -> Value {
+        only(self.requests_from(pid))
+    }
+
+    /// Every request event for which `select` holds, exactly (see `requests_where`).
+    pub fn requests_where(&self, what: &str, select: impl Fn(&Value) -> bool) -> Vec<Value> {
+        requests_where(&self.ns, &self.daemon, what, select)
     }
 }
 
+/// Every request event for which `select` holds, exactly: sends a marker request in `ns`
+/// and returns what came before its event.
+pub fn requests_where(
+    ns: &Netns,
+    daemon: &Daemon,
+    what: &str,
+    select: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let marker = marker(ns);
+    let events = daemon.wait_for(&format!("the marker after {what}"), |events| {
+        events.iter().any(|e| is_request_of(e, marker))
+    });
+    let marker_at = events
+        .iter()
+        .position(|e| is_request_of(e, marker))
+        .expect("waited for it");
+    events[..marker_at]
+        .iter()
+        .filter(|e| e["event"] == "imds_request" && select(e))
+        .cloned()
+        .collect()
+}
+
+/// The one event of `events`; fails the test unless there is exactly one.
+pub fn only(events: Vec<Value>) -> Value {
+    match <[Value; 1]>::try_from(events) {
+        Ok([event]) => event,
+        Err(events) => panic!("expected exactly one request event, got {events:#?}"),
+    }
+}
+
+/// A request that must be seen, sent in `ns` after everything before it: the ring buffer is
+/// ordered, so once its event is there, every event of what came before is there too.
+/// Returns its pid.
+fn marker(ns: &Netns) -> u32 {
+    let (pid, out) = client(
+        ns,
+        "curl",
+        // Not -f: under `required` tokens the answer is 401, and the request is what counts.
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "http://169.254.169.254/latest/meta-data/instance-id",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "the marker request failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pid
+}
+
+fn is_request_of(event: &Value, pid: u32) -> bool {
+    event["event"] == "imds_request" && event["process"]["pid"] == pid
+}
+
+/// Only one daemon runs at a time: a socket joins the sockhash of the first daemon that
+/// enrols it, and a second daemon's enrolment fails (and is counted as a loss). Tests in one
+/// binary therefore take turns; cargo runs test binaries one after another.
+static ONE_DAEMON: Mutex<()> = Mutex::new(());
+
 /// The real daemon, with events collected from its stdout as they arrive.
 pub struct Daemon {
-    _turn: MutexGuard<'static, ()>,
-    child: Option<Child>,
-    events: Arc<(Mutex<Vec<Value>>, Condvar)>,
-    stderr: Arc<Mutex<String>>,
-    raw_stdout: Arc<Mutex<String>>,
+    // Dropped in this order: the daemon, its directory, then the turn.
+    daemon: imds_probe_test_kit::Daemon,
     pub log_file: PathBuf,
-    _notify_dir: TempDir,
+    _dir: TempDir,
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl Daemon {
-    /// Starts `imds-probe run` with `args` and waits for READY=1 on its $NOTIFY_SOCKET.
+    /// Starts `imds-probe run` with `args` and waits for READY=1.
     pub fn start(args: &[&str]) -> Self {
+        let mut command = Command::new(binary("imds-probe"));
+        command.arg("run").args(args);
+        Self::start_command(command)
+    }
+
+    /// Starts `command`, which must exec `imds-probe run` in place (setpriv, say), with a
+    /// log file, and waits for READY=1.
+    pub fn start_command(mut command: Command) -> Self {
         // A test that failed while holding the turn poisons it; the next one may still run.
         let turn = ONE_DAEMON
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let dir = TempDir::new("daemon");
-        let notify_path = dir.0.join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        // Short reads, so a daemon that exits instead of getting ready fails the test at once.
-        notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let log_file = dir.0.join("logs/events.jsonl");
-        let mut child = Command::new(bin("imds-probe"))
-            .arg("run")
-            .arg("--log-file")
-            .arg(&log_file)
-            .args(args)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn imds-probe");
-        let events = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let raw_stdout = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().expect("piped");
-        let (sink, raw) = (Arc::clone(&events), Arc::clone(&raw_stdout));
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                raw.lock().unwrap().push_str(&line);
-                raw.lock().unwrap().push('\n');
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                let (lock, cvar) = &*sink;
-                lock.lock().unwrap().push(value);
-                cvar.notify_all();
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (mut err_pipe, err_sink) = (child.stderr.take().expect("piped"), Arc::clone(&stderr));
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                err_sink
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut daemon = Self {
-            _turn: turn,
-            child: Some(child),
-            events,
-            stderr,
-            raw_stdout,
+        let dir = TempDir::new("test-daemon").or_panic();
+        let log_file = dir.join("logs/events.jsonl");
+        command.arg("--log-file").arg(&log_file);
+        let daemon =
+            imds_probe_test_kit::Daemon::start(command, dir.path(), "daemon", Stdout::Events)
+                .or_panic();
+        Self {
+            daemon,
             log_file,
-            _notify_dir: dir,
-        };
-        let mut buf = [0u8; 256];
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match notify.recv(&mut buf) {
-                Ok(n) if buf[..n].windows(7).any(|w| w == b"READY=1") => break,
-                Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    let exited = daemon
-                        .child
-                        .as_mut()
-                        .and_then(|c| c.try_wait().ok().flatten());
-                    if exited.is_some() || Instant::now() > deadline {
-                        // Let the stderr reader catch up with the daemon's last words.
-                        thread::sleep(Duration::from_millis(100));
-                        panic!(
-                            "no READY=1 from imds-probe; exit: {exited:?}; stderr:\n{}",
-                            daemon.stderr()
-                        );
-                    }
-                }
-                Err(e) => panic!("reading the notify socket: {e}"),
-            }
-        }
-        daemon
-    }
-
-    /// Waits until the daemon's own log contains `text`; returns the log.
-    pub fn wait_for_log(&self, text: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let log = self.stderr();
-            if log.contains(text) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {text:?} in the daemon's log:\n{log}"
-            );
-            thread::sleep(Duration::from_millis(20));
+            _dir: dir,
+            _turn: turn,
         }
     }
 
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    pub fn stdout(&self) -> String {
-        self.raw_stdout.lock().unwrap().clone()
+    fn events(&self) -> &Events {
+        self.daemon.events().expect("started with Stdout::Events")
     }
 
     /// Waits until `want` holds over the events seen so far; returns them.
     pub fn wait_for(&self, what: &str, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let (lock, cvar) = &*self.events;
-        let deadline = Instant::now() + DEADLINE;
-        let mut events = lock.lock().unwrap();
-        while !want(&events) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {what}; events: {events:#?}\nstderr:\n{}",
-                self.stderr()
-            );
-            events = cvar.wait_timeout(events, left).unwrap().0;
-        }
-        events.clone()
+        self.events()
+            .wait_for(what, DEADLINE, want)
+            .unwrap_or_else(|e| panic!("{}\nstderr:\n{}", e.chain(), self.stderr()))
     }
 
-    /// Request events whose sender is `pid`, once at least `count` of them are there.
-    pub fn requests_from(&self, pid: u32, count: usize) -> Vec<Value> {
-        self.requests_where(&format!("pid {pid}"), count, |e| e["process"]["pid"] == pid)
+    /// Waits until the daemon's own log contains `text`; returns the log.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        self.daemon.wait_for_log(text, DEADLINE).or_panic()
     }
 
-    /// Request events for which `select` holds, once at least `count` of them are there.
-    pub fn requests_where(
-        &self,
-        what: &str,
-        count: usize,
-        select: impl Fn(&Value) -> bool,
-    ) -> Vec<Value> {
-        let matching = |events: &[Value]| -> Vec<Value> {
+    pub fn stderr(&self) -> String {
+        self.daemon.stderr()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.events().raw()
+    }
+
+    /// The request events on its stdout so far, and those in its log file.
+    pub fn requests_in_stdout_and_log(&self) -> (Vec<Value>, Vec<Value>) {
+        let requests = |events: &[Value]| -> Vec<Value> {
             events
                 .iter()
-                .filter(|e| e["event"] == "imds_request" && select(e))
+                .filter(|e| e["event"] == "imds_request")
                 .cloned()
                 .collect()
         };
-        let events = self.wait_for(&format!("{count} request events from {what}"), |e| {
-            matching(e).len() >= count
-        });
-        matching(&events)
-    }
-
-    /// Proves a negative with a marker: `marker_pid`'s requests arrive after anything `pid`
-    /// could have sent (the ring buffer is ordered), so no request from `pid` by then means none.
-    pub fn assert_none_from(&self, pid: u32, marker_pid: u32) {
-        self.requests_from(marker_pid, 1);
-        let from_pid: Vec<_> = self
-            .events
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e["event"] == "imds_request" && e["process"]["pid"] == pid)
-            .cloned()
-            .collect();
-        assert!(
-            from_pid.is_empty(),
-            "expected no requests from pid {pid}, got {from_pid:#?}"
-        );
+        let stdout = requests(&self.wait_for("the events so far", |_| true));
+        let mut logged = Vec::new();
+        for_each_event(&self.log_file, |event| logged.push(event)).or_panic();
+        (stdout, requests(&logged))
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.daemon.pid
     }
 
-    /// Every event so far, in the order the daemon wrote them.
-    pub fn events(&self) -> Vec<Value> {
-        self.events.0.lock().unwrap().clone()
+    /// See `imds_probe_test_kit::Daemon::pause`.
+    pub fn pause(&self) {
+        self.daemon.pause();
     }
 
-    /// SIGTERM, then wait for a clean exit.
+    pub fn resume(&self) {
+        self.daemon.resume();
+    }
+
+    /// SIGTERM, then wait for it to exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "imds-probe did not exit after SIGTERM"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "imds-probe-test-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.daemon.stop().or_panic().status
     }
 }

@@ -7,9 +7,11 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::Stdio,
+    thread,
+    time::{Duration, Instant},
 };
 
-use imds_probe_tests::Setup;
+use imds_probe_tests::{Setup, only};
 use serde_json::Value;
 
 fn setup() -> Option<Setup> {
@@ -54,18 +56,31 @@ fn cmdline(event: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The daemon is paused (SIGSTOP) while the caller sends and exits, and resumes only once
+/// the caller is gone from /proc: only what the process table took at exec can name it.
 #[test]
 fn a_caller_that_exits_right_after_its_send_is_still_named() {
     let Some(t) = setup() else { return };
     let mark = marker("exits");
-    let event = &t.requests_of(
-        1,
+    t.daemon.pause();
+    let (pid, out) = t.client(
         "/usr/bin/python3",
         &["-c", &send_and("os._exit(0)", &mark), &mark],
-    )[0];
+    );
+    t.daemon.resume();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the caller is gone"
+    );
+    let event = t.request_from(pid);
     assert_eq!(event["class"], "imdsv1");
-    assert_exe_is_python(event);
-    assert!(cmdline(event).contains(&mark), "{event:#}");
+    assert_exe_is_python(&event);
+    assert!(cmdline(&event).contains(&mark), "{event:#}");
     assert_eq!(event["process"]["user"], "root");
     assert!(
         event["process"]["start_time"]
@@ -84,7 +99,7 @@ fn a_request_from_a_second_thread_resolves_to_its_process() {
          s.sendall(b'GET /latest/meta-data/{mark} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n    s.recv(100)\n\
          t = threading.Thread(target=send)\nt.start()\nt.join()\n"
     );
-    let event = &t.requests_of(1, "/usr/bin/python3", &["-c", &code])[0];
+    let event = &only(t.requests_of("/usr/bin/python3", &["-c", &code]));
     assert_ne!(
         event["process"]["tid"], event["process"]["pid"],
         "sent from another thread"
@@ -99,11 +114,11 @@ fn a_caller_started_by_a_shell_has_its_parent_chain() {
     // `; true` keeps the shell from exec'ing curl in its place.
     let script =
         format!("/usr/bin/curl -s http://169.254.169.254/latest/meta-data/{mark} >/dev/null; true");
-    let (sh_pid, out) = t.ns.client("/bin/sh", &["-c", &script]);
+    let (sh_pid, out) = t.client("/bin/sh", &["-c", &script]);
     assert!(out.status.success());
-    let event = &t.daemon.requests_where("the shell's curl", 1, |e| {
+    let event = &only(t.requests_where("the shell's curl", |e| {
         e["path"].as_str().is_some_and(|p| p.ends_with(&mark))
-    })[0];
+    }));
     assert_eq!(event["process"]["comm"], "curl");
     assert_eq!(event["process"]["ppid"], sh_pid);
     let parents = event["parents"].as_array().unwrap();
@@ -118,18 +133,32 @@ fn a_caller_started_by_a_shell_has_its_parent_chain() {
     assert_eq!(parents.last().unwrap()["pid"], 1, "the chain reaches pid 1");
 }
 
+/// The daemon is paused (SIGSTOP) while the caller sends and execs `sleep`, and resumes once
+/// /proc shows the sleep: the event must still name what sent, as the process table took it.
 #[test]
 fn exec_right_after_the_send_does_not_rewrite_the_attribution() {
     let Some(t) = setup() else { return };
     let mark = marker("exec");
-    let then = "os.execv('/bin/sleep', ['sleep', '0.2'])";
-    let event = &t.requests_of(
-        1,
-        "/usr/bin/python3",
-        &["-c", &send_and(then, &mark), &mark],
-    )[0];
-    assert_exe_is_python(event);
-    assert!(cmdline(event).contains(&mark));
+    let then = "os.execv('/bin/sleep', ['sleep', '30'])";
+    t.daemon.pause();
+    let mut client =
+        t.ns.command("/usr/bin/python3")
+            .args(["-c", &send_and(then, &mark), &mark])
+            .spawn()
+            .unwrap();
+    let pid = client.id();
+    let comm = format!("/proc/{pid}/comm");
+    let deadline = Instant::now() + imds_probe_tests::DEADLINE;
+    while fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
+        assert!(Instant::now() < deadline, "the client did not exec sleep");
+        thread::sleep(Duration::from_millis(10));
+    }
+    t.daemon.resume();
+    let event = t.request_from(pid);
+    let _ = client.kill();
+    let _ = client.wait();
+    assert_exe_is_python(&event);
+    assert!(cmdline(&event).contains(&mark), "{event:#}");
 }
 
 #[test]
@@ -137,16 +166,15 @@ fn a_caller_in_its_own_pid_namespace_has_its_namespace_pid() {
     let Some(t) = setup() else { return };
     let mark = marker("pidns");
     let url = format!("http://169.254.169.254/latest/meta-data/{mark}");
-    let (_, out) =
-        t.ns.client("unshare", &["--pid", "--fork", "/usr/bin/curl", "-s", &url]);
+    let (_, out) = t.client("unshare", &["--pid", "--fork", "/usr/bin/curl", "-s", &url]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let event = &t.daemon.requests_where("curl in a pid namespace", 1, |e| {
+    let event = &only(t.requests_where("curl in a pid namespace", |e| {
         e["path"].as_str().is_some_and(|p| p.ends_with(&mark))
-    })[0];
+    }));
     assert_eq!(
         event["process"]["ns_pid"], 1,
         "curl is pid 1 of its namespace: {event:#}"
@@ -273,7 +301,7 @@ fn callers_in_container_and_service_cgroups_are_named() {
         fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
         client.stdin.take().unwrap().write_all(b"go\n").unwrap();
         assert!(client.wait().unwrap().success(), "{relative}");
-        let event = &t.daemon.requests_from(pid, 1)[0];
+        let event = &t.request_from(pid);
         assert_eq!(event["cgroup"], relative.as_str(), "{event:#}");
         check(event);
     }

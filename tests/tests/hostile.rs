@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::MetadataExt as _;
 
-use imds_probe_tests::{Setup, backend};
+use imds_probe_tests::{Setup, backend, only};
 
 #[test]
 fn secrets_on_command_lines_are_written_nowhere() {
@@ -20,16 +20,13 @@ fn secrets_on_command_lines_are_written_nowhere() {
     let caller = "python3 -c 'import socket; s = socket.create_connection((\"169.254.169.254\", 80)); \
                   s.sendall(b\"GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n\"); s.recv(99)' \
                   --password hunter2 AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIexample; true";
-    let (shell, out) =
-        t.ns.client("sh", &["-c", caller, "sh", "--signing-key", "parentSeed42"]);
+    let (shell, out) = t.client("sh", &["-c", caller, "sh", "--signing-key", "parentSeed42"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let event = &t
-        .daemon
-        .requests_where("the shell's child", 1, |e| e["parents"][0]["pid"] == shell)[0];
+    let event = &only(t.requests_where("the shell's child", |e| e["parents"][0]["pid"] == shell));
     assert_eq!(event["class"], "imdsv1");
     let cmdline = &event["process"]["cmdline"];
     assert_eq!(cmdline[3], "--password", "{cmdline}");
@@ -99,8 +96,8 @@ s.sendall(hidden + tail)
 s.shutdown(socket.SHUT_WR)
 while s.recv(65536): pass
 "#;
-    let pid = t.ns.python(code);
-    let events = t.daemon.requests_from(pid, 3);
+    let pid = t.python(code);
+    let events = t.requests_from(pid);
     let paths: Vec<&str> = events
         .iter()
         .map(|e| e["path"].as_str().unwrap_or("?"))

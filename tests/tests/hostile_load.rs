@@ -82,20 +82,27 @@ fn idle_connections_cannot_hide_new_callers() {
     let holder = IdleHolder::start(&t.ns, 19_000);
     let callers: Vec<u32> = (0..20)
         .map(|_| {
-            let (pid, out) = t.ns.client("curl", &["-sf", V1_URL]);
+            let (pid, out) = t.client("curl", &["-sf", V1_URL]);
             assert!(out.status.success(), "curl failed");
             pid
         })
         .collect();
+    let events = t.requests_where("the 20 callers", |e| {
+        callers.iter().any(|&pid| e["process"]["pid"] == pid)
+    });
     for pid in callers {
-        let events = t.daemon.requests_from(pid, 1);
-        assert_eq!(events[0]["class"], "imdsv1", "{:#}", events[0]);
-        assert_eq!(events[0]["backend"], json.as_str());
+        let of_pid: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["process"]["pid"] == pid)
+            .collect();
+        assert_eq!(of_pid.len(), 1, "caller {pid}: {of_pid:#?}");
+        assert_eq!(of_pid[0]["class"], "imdsv1", "{:#}", of_pid[0]);
+        assert_eq!(of_pid[0]["backend"], json.as_str());
     }
     let peak_kib = vm_hwm_kib(t.daemon.pid());
     drop(holder);
     t.daemon.stop();
-    let loss = last_loss(&t.daemon.events());
+    let loss = last_loss(&t.daemon.wait_for("the events so far", |_| true));
     eprintln!("19,000 idle connections: daemon VmHWM {peak_kib} KiB; loss {loss}");
     if json == "sk_msg" {
         assert!(

@@ -6,7 +6,7 @@ use std::{
     process::{Child, Stdio},
 };
 
-use imds_probe_tests::{Daemon, Setup};
+use imds_probe_tests::{Daemon, Netns, Setup, only, requests_where};
 use serde_json::Value;
 
 const V1_PATH: &str = "http://169.254.169.254/latest/meta-data/instance-id";
@@ -40,9 +40,9 @@ fn py(addr: &str, body: &str) -> String {
 #[test]
 fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
     let Some(mut t) = setup() else { return };
-    let (v1_pid, out) = t.ns.client("curl", &["-sf", V1_PATH]);
+    let (v1_pid, out) = t.client("curl", &["-sf", V1_PATH]);
     assert!(out.status.success());
-    let (put_pid, out) = t.ns.client(
+    let (put_pid, out) = t.client(
         "curl",
         &[
             "-sf",
@@ -57,10 +57,10 @@ fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
     let token = String::from_utf8(out.stdout).unwrap();
     assert!(token.len() >= 16, "fake IMDS returned a token");
     let header = format!("X-aws-ec2-metadata-token: {token}");
-    let (v2_pid, out) = t.ns.client("curl", &["-sf", "-H", &header, V1_PATH]);
+    let (v2_pid, out) = t.client("curl", &["-sf", "-H", &header, V1_PATH]);
     assert!(out.status.success());
 
-    let v1 = &t.daemon.requests_from(v1_pid, 1)[0];
+    let v1 = t.request_from(v1_pid);
     assert_eq!(v1["class"], "imdsv1");
     assert_eq!(v1["method"], "GET");
     assert_eq!(v1["path"], "/latest/meta-data/instance-id");
@@ -80,12 +80,12 @@ fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
         "{ts}"
     );
 
-    let put = &t.daemon.requests_from(put_pid, 1)[0];
+    let put = t.request_from(put_pid);
     assert_eq!(put["class"], "token");
     assert_eq!(put["method"], "PUT");
     assert_eq!(put["token_ttl_seconds"], 300);
 
-    let v2 = &t.daemon.requests_from(v2_pid, 1)[0];
+    let v2 = t.request_from(v2_pid);
     assert_eq!(v2["class"], "imdsv2");
     assert_eq!(
         v2["process"]["cmdline"][3],
@@ -97,22 +97,28 @@ fn curl_v1_and_v2_are_classified_and_the_token_never_leaks() {
     let log = std::fs::read_to_string(&t.daemon.log_file).unwrap();
     for (what, text) in [
         ("stdout", t.daemon.stdout()),
-        ("log file", log.clone()),
+        ("log file", log),
         ("stderr", t.daemon.stderr()),
     ] {
         assert!(!text.contains(token.trim()), "token leaked into {what}");
     }
-    assert!(log.lines().count() >= 3, "log file has the events");
+    let (stdout, logged) = t.daemon.requests_in_stdout_and_log();
+    assert_eq!(
+        stdout.len(),
+        6,
+        "three requests and three markers: {stdout:#?}"
+    );
+    assert_eq!(logged, stdout, "the log file has the same events as stdout");
 }
 
 #[test]
 fn a_request_split_over_many_sends() {
     let Some(t) = setup() else { return };
-    let pid = t.ns.python(&py(
+    let pid = t.python(&py(
         "v4",
         "for part in [b'GE', b'T /latest/meta-data/ HT', b'TP/1.1\\r\\nHost: x\\r\\nX-aws-ec2-', b'metadata-token: abc\\r', b'\\n\\r\\n']:\n    s.send(part); time.sleep(0.02)",
     ));
-    let events = t.daemon.requests_from(pid, 1);
+    let events = t.requests_from(pid);
     assert_eq!(classes(&events), ["imdsv2"]);
     assert_eq!(events[0]["path"], "/latest/meta-data/");
 }
@@ -120,11 +126,11 @@ fn a_request_split_over_many_sends() {
 #[test]
 fn writev_with_the_token_header_in_a_later_iovec() {
     let Some(t) = setup() else { return };
-    let pid = t.ns.python(&py(
+    let pid = t.python(&py(
         "v4",
         "s.sendmsg([b'GET /latest/meta-data/ami-id HTTP/1.1\\r\\n', b'Host: 169.254.169.254\\r\\n', b'User-Agent: writev\\r\\n', b'X-aws-ec2-metadata-token: abc\\r\\n', b'\\r\\n'])",
     ));
-    let events = t.daemon.requests_from(pid, 1);
+    let events = t.requests_from(pid);
     assert_eq!(classes(&events), ["imdsv2"]);
     assert_eq!(events[0]["user_agent"], "writev");
 }
@@ -132,13 +138,14 @@ fn writev_with_the_token_header_in_a_later_iovec() {
 #[test]
 fn write_and_sendfile_are_seen() {
     let Some(t) = setup() else { return };
-    let pid = t.ns.python(&py(
+    let pid = t.python(&py(
         "v4",
         "os.write(s.fileno(), b'GET /via-write HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
          import tempfile\nf = tempfile.TemporaryFile()\nf.write(b'GET /via-sendfile HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); f.flush(); f.seek(0)\n\
          os.sendfile(s.fileno(), f.fileno(), 0, 1024)",
     ));
-    let events = t.daemon.requests_from(pid, 2);
+    let events = t.requests_from(pid);
+    assert_eq!(events.len(), 2, "{events:#?}");
     assert_eq!(events[0]["path"], "/via-write");
     assert_eq!(events[0]["class"], "imdsv1");
     if imds_probe_tests::backend().1 == "sk_msg" {
@@ -154,12 +161,12 @@ fn write_and_sendfile_are_seen() {
 #[test]
 fn pipelined_requests_in_one_send() {
     let Some(t) = setup() else { return };
-    let pid = t.ns.python(&py(
+    let pid = t.python(&py(
         "v4",
         "s.sendall(b'PUT /latest/api/token HTTP/1.1\\r\\nX-aws-ec2-metadata-token-ttl-seconds: 60\\r\\nContent-Length: 3\\r\\n\\r\\nabc'\n\
          b'GET /a HTTP/1.1\\r\\nX-aws-ec2-metadata-token: t\\r\\n\\r\\nGET /b HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
     ));
-    let events = t.daemon.requests_from(pid, 3);
+    let events = t.requests_from(pid);
     assert_eq!(classes(&events), ["token", "imdsv2", "imdsv1"]);
     let connections: Vec<_> = events.iter().map(|e| e["connection"].clone()).collect();
     assert!(
@@ -171,19 +178,18 @@ fn pipelined_requests_in_one_send() {
 #[test]
 fn ipv6_and_dual_stack_mapped_sockets() {
     let Some(t) = setup() else { return };
-    let (v6_pid, out) =
-        t.ns.client("curl", &["-sf", "http://[fd00:ec2::254]/latest/meta-data/"]);
+    let (v6_pid, out) = t.client("curl", &["-sf", "http://[fd00:ec2::254]/latest/meta-data/"]);
     assert!(out.status.success());
-    let v6 = &t.daemon.requests_from(v6_pid, 1)[0];
+    let v6 = t.request_from(v6_pid);
     assert_eq!(v6["class"], "imdsv1");
     assert_eq!(v6["remote"], "[fd00:ec2::254]:80");
     assert_eq!(v6["socket_family"], "ipv6");
 
-    let mapped_pid = t.ns.python(&py(
+    let mapped_pid = t.python(&py(
         "mapped",
         "s.sendall(b'GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
     ));
-    let mapped = &t.daemon.requests_from(mapped_pid, 1)[0];
+    let mapped = t.request_from(mapped_pid);
     assert_eq!(mapped["class"], "imdsv1");
     assert_eq!(mapped["remote"], "169.254.169.254:80");
     assert_eq!(mapped["socket_family"], "ipv4_mapped");
@@ -192,13 +198,13 @@ fn ipv6_and_dual_stack_mapped_sockets() {
 #[test]
 fn lower_case_headers_and_a_large_header_block() {
     let Some(t) = setup() else { return };
-    let pid = t.ns.python(&py(
+    let pid = t.python(&py(
         "v4",
         "s.sendall(b'GET /lower HTTP/1.1\\r\\nhost: x\\r\\nx-aws-ec2-metadata-token: t\\r\\nuser-agent: lower\\r\\n\\r\\n')\n\
          filler = b''.join(b'X-Filler-%d: %s\\r\\n' % (i, b'a' * 200) for i in range(100))\n\
          s.sendall(b'GET /large HTTP/1.1\\r\\n' + filler + b'X-AWS-EC2-METADATA-TOKEN: t\\r\\n\\r\\n')",
     ));
-    let events = t.daemon.requests_from(pid, 2);
+    let events = t.requests_from(pid);
     assert_eq!(classes(&events), ["imdsv2", "imdsv2"], "{events:#?}");
     assert_eq!(events[0]["user_agent"], "lower");
     assert_eq!(events[1]["path"], "/large");
@@ -218,7 +224,7 @@ fn a_send_beyond_the_capture_limit_is_counted_and_what_follows_is_unknown() {
     // after a send that filled the send buffer can fail with EAGAIN (the kernel's
     // tcp_bpf_recvmsg, on a write-space wakeup; see the README, "What a watched client may
     // notice").
-    let pid = t.ns.python(
+    let pid = t.python(
         "import socket\ns = socket.create_connection(('169.254.169.254', 80))\n\
          s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)\n\
          body = b'x' * (1 << 20)\n\
@@ -226,7 +232,8 @@ fn a_send_beyond_the_capture_limit_is_counted_and_what_follows_is_unknown() {
          + b'GET /after HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
          s.close()",
     );
-    let events = t.daemon.requests_from(pid, 2);
+    let events = t.requests_from(pid);
+    assert_eq!(events.len(), 2, "{events:#?}");
     assert_eq!(events[0]["path"], "/big", "{events:#?}");
     assert_eq!(events[1]["class"], "unknown", "{events:#?}");
     assert_eq!(events[1]["reason"], "capture_gap");
@@ -241,16 +248,16 @@ fn a_send_beyond_the_capture_limit_is_counted_and_what_follows_is_unknown() {
 #[test]
 fn garbage_and_cut_off_requests_are_unknown_never_v1() {
     let Some(t) = setup() else { return };
-    let garbage = t.ns.python(&py("v4", "s.sendall(bytes(range(256)) * 4)"));
-    let events = t.daemon.requests_from(garbage, 1);
+    let garbage = t.python(&py("v4", "s.sendall(bytes(range(256)) * 4)"));
+    let events = t.requests_from(garbage);
     assert_eq!(classes(&events), ["unknown"]);
     assert_eq!(events[0]["reason"], "not_http");
 
-    let cut = t.ns.python(&py(
+    let cut = t.python(&py(
         "v4",
         "s.sendall(b'GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x\\r\\n')",
     ));
-    let events = t.daemon.requests_from(cut, 1);
+    let events = t.requests_from(cut);
     assert_eq!(classes(&events), ["unknown"]);
     assert_eq!(events[0]["reason"], "incomplete_at_close");
 }
@@ -258,25 +265,22 @@ fn garbage_and_cut_off_requests_are_unknown_never_v1() {
 #[test]
 fn other_ports_neighbouring_addresses_and_the_server_itself_produce_nothing() {
     let Some(t) = setup() else { return };
-    let other_port = t.ns.python(
+    let other_port = t.python(
         "import socket\ns = socket.create_connection(('169.254.169.254', 8080))\ns.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n')\ns.recv(100)",
     );
-    let neighbour = t.ns.python(
+    let neighbour = t.python(
         "import socket\ns = socket.create_connection(('169.254.169.253', 80))\ns.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n')\ns.recv(100)",
     );
-    // A request that must be seen, sent after the others: once it is there, anything the
-    // others produced would be there too.
-    let (marker, _) = t.ns.client("curl", &["-sf", V1_PATH]);
-    t.daemon.assert_none_from(other_port, marker);
-    t.daemon.assert_none_from(neighbour, marker);
-    t.daemon.assert_none_from(t.imds.pid(), marker);
+    assert_no_requests(&t, other_port);
+    assert_no_requests(&t, neighbour);
+    assert_no_requests(&t, t.imds.pid());
 }
 
 #[test]
 fn sigterm_stops_cleanly_after_capturing() {
     let Some(mut t) = setup() else { return };
-    let (pid, _) = t.ns.client("curl", &["-sf", V1_PATH]);
-    t.daemon.requests_from(pid, 1);
+    let (pid, _) = t.client("curl", &["-sf", V1_PATH]);
+    assert_eq!(classes(&t.requests_from(pid)), ["imdsv1"]);
     let status = t.daemon.stop();
     assert!(
         status.success(),
@@ -293,8 +297,8 @@ fn sigterm_stops_cleanly_after_capturing() {
 #[test]
 fn io_uring_sends_are_seen() {
     let Some(t) = setup() else { return };
-    let client = imds_probe_tests::bin("uring-client");
-    let (pid, out) = t.ns.client(
+    let client = imds_probe_tests::binary("uring-client");
+    let (pid, out) = t.client(
         client.to_str().unwrap(),
         &[
             "169.254.169.254:80",
@@ -306,9 +310,9 @@ fn io_uring_sends_are_seen() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let events = t.daemon.requests_from(pid, 1);
-    assert_eq!(events[0]["path"], "/via-io-uring");
-    assert_eq!(events[0]["class"], "imdsv1");
+    let event = t.request_from(pid);
+    assert_eq!(event["path"], "/via-io-uring");
+    assert_eq!(event["class"], "imdsv1");
 }
 
 #[test]
@@ -316,8 +320,7 @@ fn connections_open_before_the_daemon_started_are_reported_and_watched() {
     if !imds_probe_tests::require_root() {
         return;
     }
-    let ns = imds_probe_tests::Netns::new();
-    let _imds = ns.fake_imds("optional", &[]);
+    let (ns, _imds) = imds_probe_tests::netns_with_imds("optional", &[]);
     // Connected, and sends only when told: after the daemon has started.
     let (mut live, live_pid) = waiting_client(
         &ns,
@@ -374,7 +377,14 @@ fn connections_open_before_the_daemon_started_are_reported_and_watched() {
     assert!(live.wait().unwrap().success());
     // Its close is seen too, though sock_ops never saw it open (sk_msg: the daemon notices
     // the socket leave the socket hash).
-    let events = daemon.requests_from(live_pid, 2);
+    // The close of a socket enrolled at start is noticed by a once-a-second check, not by
+    // the ring buffer: wait for it, then make sure nothing else came.
+    let of_live = |e: &Value| e["event"] == "imds_request" && e["process"]["pid"] == live_pid;
+    daemon.wait_for("the live client's two requests", |events| {
+        events.iter().filter(|e| of_live(e)).count() >= 2
+    });
+    let events = requests_where(&ns, &daemon, "the live client", of_live);
+    assert_eq!(events.len(), 2, "{events:#?}");
     assert_eq!(events[0]["path"], "/after-start");
     assert_eq!(events[0]["class"], "imdsv1");
     assert_eq!(events[1]["class"], "unknown");
@@ -384,7 +394,7 @@ fn connections_open_before_the_daemon_started_are_reported_and_watched() {
 }
 
 /// Starts Python `code` in the namespace and waits for it to print "ready".
-fn waiting_client(ns: &imds_probe_tests::Netns, code: &str) -> (Child, u32) {
+fn waiting_client(ns: &Netns, code: &str) -> (Child, u32) {
     let mut child = ns
         .command("python3")
         .args(["-c", code])
@@ -413,8 +423,8 @@ fn auto_picks_sk_msg_where_it_attaches_and_names_it() {
     let Some(t) = Setup::with_daemon_args("optional", &[], &["--backend", "auto"]) else {
         return;
     };
-    let events = t.requests_of(1, "curl", &["-sf", V1_PATH]);
-    assert_eq!(events[0]["backend"], "sk_msg");
+    let event = only(t.requests_of("curl", &["-sf", V1_PATH]));
+    assert_eq!(event["backend"], "sk_msg");
     assert!(
         t.daemon
             .stderr()
@@ -422,4 +432,9 @@ fn auto_picks_sk_msg_where_it_attaches_and_names_it() {
         "{}",
         t.daemon.stderr()
     );
+}
+
+fn assert_no_requests(t: &Setup, pid: u32) {
+    let events = t.requests_from(pid);
+    assert!(events.is_empty(), "no requests from {pid}: {events:#?}");
 }

@@ -1,21 +1,11 @@
 //! Running child processes with the command line echoed, so a failing CI log shows exactly
 //! what to re-run by hand.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
-
 /// Shell-like rendering of a command, with the environment overrides that matter to a reader.
-pub fn display(cmd: &Command) -> String {
-    let mut parts: Vec<String> = cmd
-        .get_envs()
-        .filter(|(key, _)| *key != "PATH")
-        .filter_map(|(key, value)| Some(format!("{}={}", key.to_str()?, value?.to_string_lossy())))
-        .collect();
-    parts.push(cmd.get_program().to_string_lossy().into_owned());
-    parts.extend(cmd.get_args().map(|arg| arg.to_string_lossy().into_owned()));
-    parts.join(" ")
-}
+pub use imds_probe_test_kit::display;
 
 /// Runs `cmd` with inherited stdio; fails unless it exits with status 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -32,19 +22,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` silently and returns its stdout; on failure the error carries its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let shown = display(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not start `{shown}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{shown}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    String::from_utf8(out.stdout).with_context(|| format!("`{shown}` printed non-UTF-8 output"))
+    Ok(imds_probe_test_kit::output(cmd)?)
 }
 
 /// The cargo that runs xtask, so child builds use the same toolchain.

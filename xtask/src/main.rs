@@ -83,7 +83,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Build => {
             setup::run()?;
-            let bin_dir = Workspace::new()?.build_daemon()?;
+            let bin_dir = Workspace::new()?.build_binaries()?;
             println!("built: {}", bin_dir.join("imds-probe").display());
             Ok(())
         }
@@ -106,7 +106,7 @@ fn run_daemon(args: Vec<OsString>) -> Result<()> {
         return reexec_as_root(&args);
     }
     setup::run()?;
-    let bin_dir = Workspace::new()?.build_daemon()?;
+    let bin_dir = Workspace::new()?.build_binaries()?;
     let mut daemon = Command::new(bin_dir.join("imds-probe"));
     daemon.arg("run");
     let has_log_file = args.iter().any(|arg| {

@@ -75,7 +75,7 @@ fn clippy_ebpf(ws: &Workspace) -> Result<()> {
 }
 
 fn build(ws: &Workspace) -> Result<()> {
-    ws.build_daemon().map(drop)
+    ws.build_binaries().map(drop)
 }
 
 fn test(ws: &Workspace) -> Result<()> {

@@ -60,13 +60,19 @@ impl Workspace {
         Ok(Path::new(target).join("release"))
     }
 
-    /// Builds the release daemon binaries (the eBPF object comes along through build.rs) and
-    /// returns the directory that holds them.
-    pub fn build_daemon(&self) -> Result<PathBuf> {
-        cmd::run(
-            self.cargo()
-                .args(["build", "--release", "-p", "imds-probe", "--bins"]),
-        )?;
+    /// Builds the release daemon (the eBPF object comes along through build.rs) and the test
+    /// kit's servers and clients that the tests and benchmarks start, and returns the
+    /// directory that holds them.
+    pub fn build_binaries(&self) -> Result<PathBuf> {
+        cmd::run(self.cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "imds-probe",
+            "-p",
+            "imds-probe-test-kit",
+            "--bins",
+        ]))?;
         self.release_dir()
     }
 }

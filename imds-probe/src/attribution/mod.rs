@@ -9,18 +9,16 @@ pub mod cgroups;
 pub mod proc_fs;
 pub mod process_table;
 pub mod redact;
+pub mod source;
 pub mod users;
-
-use std::path::PathBuf;
 
 use serde::Serialize;
 
 use self::{
     cgroup_path::Container,
-    cgroups::CgroupResolver,
     process_table::{ExecInfo, ExitInfo, ForkInfo, ProcessRecord, ProcessTable, UNKNOWN_ID},
     redact::Redactor,
-    users::UserNames,
+    source::ProcessSource,
 };
 use crate::outputs::event::{Clock, Timestamp};
 
@@ -100,22 +98,23 @@ pub struct Attribution {
 
 pub struct Attributor {
     table: ProcessTable,
-    cgroups: CgroupResolver,
-    users: UserNames,
+    host: Box<dyn ProcessSource>,
 }
 
 impl Attributor {
-    /// Command lines, the sender's and its parents', are scrubbed by `redactor` as they enter
-    /// the process table, so a secret never sits in the daemon's memory either.
-    pub fn new(cgroup_root: Option<PathBuf>, redactor: Redactor) -> Self {
-        let mut table =
-            ProcessTable::new(PROCESS_TABLE_CAPACITY, EXITED_GRACE_NS).redacting(redactor);
-        table.seed_from_proc();
+    /// An empty process table; nothing is read until asked. Command lines, the sender's and
+    /// its parents', are scrubbed by `redactor` as they enter the process table, so a secret
+    /// never sits in the daemon's memory either.
+    pub fn new(host: Box<dyn ProcessSource>, redactor: Redactor) -> Self {
         Self {
-            table,
-            cgroups: CgroupResolver::new(cgroup_root),
-            users: UserNames::default(),
+            table: ProcessTable::new(PROCESS_TABLE_CAPACITY, EXITED_GRACE_NS).redacting(redactor),
+            host,
         }
+    }
+
+    /// Takes in every process present now, so callers older than the daemon are named.
+    pub fn seed(&mut self) {
+        self.table.seed(&mut *self.host);
     }
 
     pub fn exec(&mut self, exec: ExecInfo) {
@@ -123,7 +122,7 @@ impl Attributor {
     }
 
     pub fn fork(&mut self, fork: ForkInfo) {
-        self.table.fork(fork);
+        self.table.fork(fork, &mut *self.host);
     }
 
     pub fn exit(&mut self, exit: ExitInfo) {
@@ -139,7 +138,7 @@ impl Attributor {
     }
 
     pub fn describe(&mut self, sender: &Sender, clock: &Clock) -> Attribution {
-        let record = self.table.get_or_load(sender.pid).cloned();
+        let record = self.table.get_or_load(sender.pid, &mut *self.host).cloned();
         let parents = self
             .table
             .parents(sender.pid)
@@ -151,7 +150,7 @@ impl Attributor {
                 cmdline: p.cmdline,
             })
             .collect();
-        let cgroup = self.cgroups.path(sender.cgroup_id);
+        let cgroup = self.host.cgroup_path(sender.cgroup_id);
         let parsed = cgroup
             .as_deref()
             .map(cgroup_path::parse)
@@ -170,7 +169,7 @@ impl Attributor {
     pub fn describe_pid(&mut self, pid: u32, clock: &Clock) -> Attribution {
         let (uid, gid) = self
             .table
-            .get_or_load(pid)
+            .get_or_load(pid, &mut *self.host)
             .map_or((UNKNOWN_ID, UNKNOWN_ID), |record| (record.uid, record.gid));
         let sender = Sender {
             pid,
@@ -179,7 +178,7 @@ impl Attributor {
             gid,
             // Empty: `process_json` takes the table's.
             comm: String::new(),
-            cgroup_id: self.cgroups.id_of_process(pid).unwrap_or(0),
+            cgroup_id: self.host.cgroup_id(pid).unwrap_or(0),
         };
         self.describe(&sender, clock)
     }
@@ -217,7 +216,7 @@ impl Attributor {
             cmdline: record.cmdline,
             uid: sender.uid,
             gid: sender.gid,
-            user: self.users.name(sender.uid),
+            user: self.host.user_name(sender.uid),
             start_time: record.start_time_ns.map(|ns| clock.wall_from_boottime(ns)),
             cgroup_id: sender.cgroup_id,
         }

@@ -12,9 +12,9 @@
 //! after its send (reassembly may wait for the rest of it) and because its children still name
 //! it as their parent. The table is bounded; see [`ProcessTable::evicted`] for what goes first.
 //!
-//! /proc fills in what the events cannot tell: the processes already running when the daemon
-//! starts ([`ProcessTable::seed_from_proc`]) and any that slipped past
-//! ([`ProcessTable::get_or_load`]).
+//! The host (/proc, through a [`ProcessSource`]) fills in what the events cannot tell: the
+//! processes already running when the daemon starts ([`ProcessTable::seed`]) and any that
+//! slipped past ([`ProcessTable::get_or_load`]).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -25,10 +25,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{
-    proc_fs::{self, parse_cmdline},
-    redact::Redactor,
-};
+use super::{proc_fs::parse_cmdline, redact::Redactor, source::ProcessSource};
 
 /// How far `parents` climbs; real trees are far shallower, so this only stops runaways.
 const MAX_PARENT_HOPS: usize = 32;
@@ -139,7 +136,6 @@ pub struct ProcessTable {
     now_ns: u64,
     next_stamp: u64,
     evicted: u64,
-    clk_tck: u64,
     redactor: Redactor,
 }
 
@@ -155,23 +151,21 @@ impl ProcessTable {
             now_ns: 0,
             next_stamp: 0,
             evicted: 0,
-            clk_tck: clk_tck(),
             redactor: Redactor::default(),
         }
     }
 
-    /// Scrubs every command line the table stores, the kernel's and /proc's, with `redactor`
-    /// rather than the default words.
+    /// Scrubs every command line the table stores, the kernel's and the host's, with
+    /// `redactor` rather than the default words.
     pub fn redacting(self, redactor: Redactor) -> Self {
         Self { redactor, ..self }
     }
 
-    /// Seeds from /proc (all processes present now). Reads /proc/<pid>/{stat,status,exe,cmdline};
-    /// the comm is taken from stat, which holds the same text as /proc/<pid>/comm, read in the
-    /// same snapshot as the ppid. Skips what vanished, and pids the table already has: those
-    /// came from events, which are exact where /proc is a later, bounded read.
-    pub fn seed_from_proc(&mut self) {
-        let pids = match proc_fs::pids() {
+    /// Seeds from the host (all processes present now). Skips what vanished, and pids the
+    /// table already has: those came from events, which are exact where /proc is a later,
+    /// bounded read.
+    pub fn seed(&mut self, source: &mut dyn ProcessSource) {
+        let pids = match source.pids() {
             Ok(pids) => pids,
             Err(error) => {
                 tracing::warn!(%error, "cannot list /proc; processes started before now are unknown");
@@ -180,7 +174,7 @@ impl ProcessTable {
         };
         for pid in pids {
             if !self.entries.contains_key(&pid)
-                && let Some(record) = load(pid, self.clk_tck, &self.redactor)
+                && let Some(record) = source.process(pid, &self.redactor)
             {
                 self.insert(record);
             }
@@ -202,9 +196,10 @@ impl ProcessTable {
         });
     }
 
-    pub fn fork(&mut self, f: ForkInfo) {
+    /// A parent the table does not know is looked up in `source`.
+    pub fn fork(&mut self, f: ForkInfo, source: &mut dyn ProcessSource) {
         self.advance(f.ts_ns);
-        let child = match self.get_or_load(f.parent_pid) {
+        let child = match self.get_or_load(f.parent_pid, source) {
             Some(parent) => ProcessRecord {
                 pid: f.child_pid,
                 ppid: f.parent_pid,
@@ -273,11 +268,15 @@ impl ProcessTable {
         chain
     }
 
-    /// Fills in a pid the table does not know from /proc (e.g. started before seeding raced),
-    /// inserting it. Returns None if /proc has nothing.
-    pub fn get_or_load(&mut self, pid: u32) -> Option<&ProcessRecord> {
+    /// Fills in a pid the table does not know from the host (e.g. started before seeding
+    /// raced), inserting it. Returns None if the host has nothing.
+    pub fn get_or_load(
+        &mut self,
+        pid: u32,
+        source: &mut dyn ProcessSource,
+    ) -> Option<&ProcessRecord> {
         if !self.entries.contains_key(&pid) {
-            let record = load(pid, self.clk_tck, &self.redactor)?;
+            let record = source.process(pid, &self.redactor)?;
             self.insert(record);
         }
         self.get(pid)
@@ -369,8 +368,10 @@ fn cmdline_from(raw: &[u8], truncated: bool, redactor: &Redactor) -> Option<Vec<
     (!args.is_empty()).then_some(args)
 }
 
-/// One process from /proc, or None if it is gone (or hidden from us).
-fn load(pid: u32, clk_tck: u64, redactor: &Redactor) -> Option<ProcessRecord> {
+/// One process from /proc, or None if it is gone (or hidden from us). Reads
+/// /proc/<pid>/{stat,status,exe,cmdline}; the comm is taken from stat, which holds the same
+/// text as /proc/<pid>/comm, read in the same snapshot as the ppid.
+pub(crate) fn load(pid: u32, clk_tck: u64, redactor: &Redactor) -> Option<ProcessRecord> {
     let dir = Path::new("/proc").join(pid.to_string());
     // Lossy: a comm is any bytes the process chose.
     let stat = parse_stat(&String::from_utf8_lossy(&fs::read(dir.join("stat")).ok()?))?;
@@ -458,7 +459,7 @@ fn ticks_to_ns(ticks: u64, clk_tck: u64) -> u64 {
     u64::try_from(ns).unwrap_or(u64::MAX)
 }
 
-fn clk_tck() -> u64 {
+pub(crate) fn clk_tck() -> u64 {
     Some(rustix::param::clock_ticks_per_second())
         .filter(|&hz| hz > 0)
         .unwrap_or(DEFAULT_CLK_TCK)
@@ -469,6 +470,12 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::attribution::source::ProcReader;
+
+    /// The host's processes, without cgroups.
+    fn host() -> ProcReader {
+        ProcReader::new(None)
+    }
 
     /// Above the kernel's PID_MAX_LIMIT (2^22), so no test pid is ever found in /proc.
     const P: u32 = 5_000_000;
@@ -532,7 +539,7 @@ mod tests {
     fn fork_exec_exit_then_reap_after_grace() {
         let mut table = ProcessTable::new(16, 100);
         table.exec(exec(P, 1, "bash", 10));
-        table.fork(fork(P, P + 1, 20));
+        table.fork(fork(P, P + 1, 20), &mut host());
         let child = table.get(P + 1).cloned();
         assert_eq!(
             child,
@@ -588,7 +595,7 @@ mod tests {
         for record in buffer {
             match record {
                 Record::Exec(e) => table.exec(e),
-                Record::Fork(f) => table.fork(f),
+                Record::Fork(f) => table.fork(f, &mut host()),
                 Record::Exit(x) => table.exit(x),
                 Record::Send(pid) => senders.push(table.get(pid).map(|r| r.comm.clone())),
             }
@@ -681,7 +688,7 @@ mod tests {
 
         // A fork onto a live pid: the kernel says the pid is a new process.
         table.exec(exec(P + 1, 7, "stale", 4));
-        table.fork(fork(P, P + 1, 5));
+        table.fork(fork(P, P + 1, 5), &mut host());
         let child = table.get(P + 1).cloned();
         assert_eq!(
             child.as_ref().map(|c| (c.comm.as_str(), c.ppid)),
@@ -691,7 +698,7 @@ mod tests {
 
         // And onto an exited one.
         table.exit(exit(P + 1, 6));
-        table.fork(fork(P, P + 1, 7));
+        table.fork(fork(P, P + 1, 7), &mut host());
         assert_eq!(exited(&table, P + 1), None);
         assert_eq!(table.len(), 2);
         assert!(consistent(&table));
@@ -737,7 +744,7 @@ mod tests {
     fn fork_loads_an_unknown_parent_from_proc_or_leaves_the_image_unknown() {
         let me = std::process::id();
         let mut table = ProcessTable::new(16, 1_000);
-        table.fork(fork(me, P, 1));
+        table.fork(fork(me, P, 1), &mut host());
         let child = table.get(P).cloned();
         let exe = std::env::current_exe()
             .ok()
@@ -747,7 +754,7 @@ mod tests {
         assert_eq!(child.map(|c| c.ppid), Some(me));
         assert!(table.get(me).is_some(), "the parent was loaded too");
 
-        table.fork(fork(P + 1, P + 2, 2));
+        table.fork(fork(P + 1, P + 2, 2), &mut host());
         assert_eq!(
             table.get(P + 2).cloned(),
             Some(ProcessRecord {
@@ -889,7 +896,7 @@ mod tests {
     #[test]
     fn seed_finds_this_process_and_init() {
         let mut table = ProcessTable::new(1 << 16, 0);
-        table.seed_from_proc();
+        table.seed(&mut host());
         assert!(table.len() >= 2);
 
         let me = table.get(std::process::id()).cloned().unwrap();
@@ -927,11 +934,11 @@ mod tests {
         let mut table = ProcessTable::new(16, 0);
         assert!(
             table
-                .get_or_load(me)
+                .get_or_load(me, &mut host())
                 .is_some_and(|r| r.pid == me && !r.comm.is_empty())
         );
         assert_eq!(table.len(), 1);
-        assert_eq!(table.get_or_load(P), None);
+        assert_eq!(table.get_or_load(P, &mut host()), None);
         assert_eq!(table.len(), 1);
     }
 
@@ -970,7 +977,7 @@ mod tests {
                 argv_truncated,
                 ..exec(pid, ppid, "x", ts_ns)
             }),
-            Op::Fork(parent, child, ts_ns) => table.fork(fork(parent, child, ts_ns)),
+            Op::Fork(parent, child, ts_ns) => table.fork(fork(parent, child, ts_ns), &mut host()),
             Op::Exit(pid, ts_ns) => table.exit(exit(pid, ts_ns)),
             Op::Reap(now_ns) => table.reap(now_ns),
             Op::Lookup(pid) => {

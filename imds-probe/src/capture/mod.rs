@@ -153,9 +153,19 @@ where
 /// keeps its last value (and the failure is logged): reading it as 0 would make the next
 /// report see the count jump back up by its whole total.
 pub fn read_loss(loss: &PerCpuArray<MapData, u64>, counts: &mut [u64; LOSS_COUNTERS as usize]) {
+    update_counters(counts, |index| {
+        loss.get(&index, 0).map(|values| values.iter().sum())
+    });
+}
+
+/// Sets each counter to what `read` says for its index; one whose read fails keeps its value.
+fn update_counters<E: std::error::Error + 'static>(
+    counts: &mut [u64],
+    read: impl Fn(u32) -> Result<u64, E>,
+) {
     for (index, count) in counts.iter_mut().enumerate() {
-        match loss.get(&(index as u32), 0) {
-            Ok(values) => *count = values.iter().sum(),
+        match read(index as u32) {
+            Ok(value) => *count = value,
             Err(error) => {
                 tracing::warn!(index, error = %Causes(&error), "reading a kernel loss counter failed")
             }
@@ -255,5 +265,20 @@ fn attach_first(
         }
         (_, Some((_, only))) => Err(only),
         (_, None) => Err(LoadError::NoBackend(refusals)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_whose_read_fails_keeps_its_last_value() {
+        let mut counts = [7, 8, 9];
+        update_counters(&mut counts, |index| match index {
+            1 => Err(std::io::Error::other("per-CPU read failed")),
+            _ => Ok(u64::from(index) + 10),
+        });
+        assert_eq!(counts, [10, 8, 12]);
     }
 }

@@ -122,15 +122,156 @@ fn exec_info(exec: &ExecRecord) -> ExecInfo {
     }
 }
 
+/// Records as the kernel side writes them, for tests that start from bytes.
 #[cfg(test)]
-mod tests {
+pub(crate) mod encode {
+    use imds_probe_common::{
+        imds::{AF_INET, IMDS_IPV4_MAPPED, IMDS_PORT},
+        process::{EXEC_ARGS_BYTES, EXEC_FILENAME_BYTES},
+    };
+
     use super::*;
 
-    fn as_bytes<T>(value: &T) -> Vec<u8> {
-        // SAFETY: test-only view of a plain-integer #[repr(C)] value as bytes.
+    /// A wire value's bytes.
+    pub fn bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
+        // SAFETY: `T: Pod` is a plain-integer #[repr(C)] type without implicit padding, so
+        // each of its bytes is initialised.
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
             .to_vec()
     }
+
+    fn header(kind: u32, backend: Backend, ts_ns: u64) -> RecordHeader {
+        RecordHeader {
+            kind,
+            backend: backend.into(),
+            ts_ns,
+        }
+    }
+
+    /// Who sends, as the kernel reports it with each send.
+    #[derive(Clone, Copy)]
+    pub struct From {
+        pub pid: u32,
+        pub tid: u32,
+        pub uid: u32,
+        pub gid: u32,
+        pub cgroup_id: u64,
+        pub comm: &'static str,
+    }
+
+    /// `data` sent at `stream_offset` of connection `cookie` to 169.254.169.254:80, as a
+    /// record of the size the kernel side would pick.
+    pub fn send(
+        backend: Backend,
+        ts_ns: u64,
+        cookie: u64,
+        from: From,
+        stream_offset: u64,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let mut comm = [0; 16];
+        comm[..from.comm.len()].copy_from_slice(from.comm.as_bytes());
+        let chunk = SendChunk {
+            header: header(KIND_SEND, backend, ts_ns),
+            cookie,
+            pid_tgid: u64::from(from.pid) << 32 | u64::from(from.tid),
+            uid_gid: u64::from(from.gid) << 32 | u64::from(from.uid),
+            cgroup_id: from.cgroup_id,
+            stream_offset,
+            comm,
+            remote_addr: IMDS_IPV4_MAPPED,
+            remote_port: IMDS_PORT,
+            family: AF_INET,
+            send_size: data.len() as u32,
+            len: data.len() as u32,
+            _pad: 0,
+        };
+        let mut record = bytes(&chunk);
+        record.extend_from_slice(data);
+        let capacity = if data.len() <= 512 { 512 } else { 4096 };
+        record.resize(SEND_CHUNK_HEADER_BYTES + capacity.max(data.len()), 0);
+        record
+    }
+
+    pub fn close(backend: Backend, ts_ns: u64, cookie: u64) -> Vec<u8> {
+        bytes(&Close {
+            header: header(KIND_CLOSE, backend, ts_ns),
+            cookie,
+        })
+    }
+
+    /// An exec of `exe` with `argv` (NUL-terminated arguments, cut at the kernel's limit).
+    pub fn exec(ts_ns: u64, pid: u32, ppid: u32, uid: u32, exe: &str, argv: &[&str]) -> Vec<u8> {
+        let mut record = ExecRecord {
+            header: RecordHeader {
+                kind: KIND_EXEC,
+                backend: 0,
+                ts_ns,
+            },
+            start_boottime_ns: ts_ns,
+            pid,
+            tid: pid,
+            ppid,
+            uid,
+            gid: uid,
+            ns_pid: pid,
+            filename_len: 0,
+            args_len: 0,
+            args_truncated: 0,
+            _pad: 0,
+            comm: [0; 16],
+            filename: [0; EXEC_FILENAME_BYTES],
+            args: [0; EXEC_ARGS_BYTES],
+        };
+        let name = exe.rsplit('/').next().unwrap_or(exe).as_bytes();
+        let comm_len = name.len().min(15);
+        record.comm[..comm_len].copy_from_slice(&name[..comm_len]);
+        record.filename[..exe.len()].copy_from_slice(exe.as_bytes());
+        record.filename_len = exe.len() as u32;
+        let args: Vec<u8> = argv
+            .iter()
+            .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+            .collect();
+        let kept = args.len().min(EXEC_ARGS_BYTES);
+        record.args[..kept].copy_from_slice(&args[..kept]);
+        record.args_len = kept as u32;
+        record.args_truncated = u32::from(kept < args.len());
+        bytes(&record)
+    }
+
+    pub fn fork(ts_ns: u64, parent_pid: u32, child_pid: u32) -> Vec<u8> {
+        bytes(&ForkRecord {
+            header: RecordHeader {
+                kind: KIND_FORK,
+                backend: 0,
+                ts_ns,
+            },
+            start_boottime_ns: ts_ns,
+            parent_pid,
+            child_pid,
+            child_ns_pid: child_pid,
+            _pad: 0,
+        })
+    }
+
+    pub fn exit(ts_ns: u64, pid: u32) -> Vec<u8> {
+        bytes(&ExitRecord {
+            header: RecordHeader {
+                kind: KIND_EXIT,
+                backend: 0,
+                ts_ns,
+            },
+            pid,
+            _pad: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{encode::bytes as as_bytes, *};
 
     fn chunk(len: u32) -> SendChunk {
         SendChunk {
@@ -205,5 +346,25 @@ mod tests {
             Record::try_from(&as_bytes(&record(KIND_OPEN))[..]),
             Ok(Record::Open(Close { cookie: 9, .. }))
         ));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..5_000)) {
+            let _ = Record::try_from(&bytes[..]);
+        }
+
+        /// Past the kind check: every kind, with any header and any length after it.
+        #[test]
+        fn decoding_never_panics_on_any_record_of_a_known_kind(
+            kind in 0u32..=6,
+            backend in 0u32..=4,
+            rest in proptest::collection::vec(any::<u8>(), 0..5_000),
+        ) {
+            let mut bytes = kind.to_ne_bytes().to_vec();
+            bytes.extend_from_slice(&backend.to_ne_bytes());
+            bytes.extend_from_slice(&rest);
+            let _ = Record::try_from(&bytes[..]);
+        }
     }
 }

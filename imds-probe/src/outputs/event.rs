@@ -163,17 +163,51 @@ impl Serialize for Timestamp {
     }
 }
 
-/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
+/// The three clocks events are stamped from, read at one moment, in nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readings {
+    pub realtime: i128,
+    /// CLOCK_MONOTONIC: the clock of the kernel's record timestamps.
+    pub monotonic: i128,
+    /// CLOCK_BOOTTIME (also counts suspend): the clock of process start times.
+    pub boottime: i128,
+}
+
+impl Readings {
+    /// The host's clocks now.
+    pub fn host() -> Self {
+        let nanos = |id| {
+            nix::time::clock_gettime(id)
+                .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+                .unwrap_or(0)
+        };
+        Self {
+            realtime: nanos(nix::time::ClockId::CLOCK_REALTIME),
+            monotonic: nanos(nix::time::ClockId::CLOCK_MONOTONIC),
+            boottime: nanos(nix::time::ClockId::CLOCK_BOOTTIME),
+        }
+    }
+}
+
+/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time. Reads time only
+/// through `read`, so a test can give it a clock that stands still.
 pub struct Clock {
+    read: fn() -> Readings,
     /// Wall clock minus monotonic clock, in nanoseconds.
     offset_ns: i128,
-    /// Wall clock minus boot-time clock (which also counts suspend), in nanoseconds.
+    /// Wall clock minus boot-time clock, in nanoseconds.
     boot_offset_ns: i128,
 }
 
 impl Clock {
-    pub fn new() -> Self {
+    /// The host's clocks.
+    pub fn host() -> Self {
+        Self::reading(Readings::host)
+    }
+
+    pub fn reading(read: fn() -> Readings) -> Self {
         let mut clock = Self {
+            read,
             offset_ns: 0,
             boot_offset_ns: 0,
         };
@@ -181,38 +215,36 @@ impl Clock {
         clock
     }
 
-    /// Re-reads the offset, so NTP steps are followed.
+    /// Re-reads the offsets, so NTP steps are followed.
     pub fn resync(&mut self) {
-        let nanos = |id| {
-            nix::time::clock_gettime(id)
-                .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
-                .unwrap_or(0)
-        };
-        let realtime = nanos(nix::time::ClockId::CLOCK_REALTIME);
-        self.offset_ns = realtime - nanos(nix::time::ClockId::CLOCK_MONOTONIC);
-        self.boot_offset_ns = realtime - nanos(nix::time::ClockId::CLOCK_BOOTTIME);
+        let now = (self.read)();
+        self.offset_ns = now.realtime - now.monotonic;
+        self.boot_offset_ns = now.realtime - now.boottime;
     }
 
     /// For process start times, which the kernel keeps on the boot-time clock.
     pub fn wall_from_boottime(&self, boottime_ns: u64) -> Timestamp {
-        let unix_ns = (i128::from(boottime_ns) + self.boot_offset_ns).max(0);
-        Timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(unix_ns as u64))
+        unix(i128::from(boottime_ns) + self.boot_offset_ns)
     }
 
     pub fn wall(&self, monotonic_ns: u64) -> Timestamp {
-        let unix_ns = (i128::from(monotonic_ns) + self.offset_ns).max(0);
-        Timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(unix_ns as u64))
+        unix(i128::from(monotonic_ns) + self.offset_ns)
     }
 
     pub fn now(&self) -> Timestamp {
-        Timestamp(SystemTime::now())
+        unix((self.read)().realtime)
+    }
+
+    /// Now on the clock of the kernel's record timestamps.
+    pub fn monotonic_ns(&self) -> u64 {
+        u64::try_from((self.read)().monotonic).unwrap_or(0)
     }
 }
 
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Nanoseconds since the Unix epoch; before it (a clock stepped far back) is the epoch.
+fn unix(ns: i128) -> Timestamp {
+    let ns = u64::try_from(ns.max(0)).unwrap_or(u64::MAX);
+    Timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(ns))
 }
 
 #[cfg(test)]
@@ -245,6 +277,33 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&ts).unwrap(),
             "\"2023-11-14T22:13:20.123456Z\""
+        );
+    }
+
+    #[test]
+    fn clock_converts_kernel_times_through_the_offsets_it_read() {
+        fn readings() -> Readings {
+            Readings {
+                realtime: 1_700_000_000_000_000_000,
+                monotonic: 5_000_000_000,
+                boottime: 7_000_000_000,
+            }
+        }
+        let clock = Clock::reading(readings);
+        let at = |ts: Timestamp| ts.0.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(at(clock.now()), Duration::from_secs(1_700_000_000));
+        assert_eq!(
+            at(clock.wall(6_000_000_000)),
+            Duration::from_secs(1_700_000_001)
+        );
+        assert_eq!(
+            at(clock.wall_from_boottime(6_000_000_000)),
+            Duration::from_secs(1_699_999_999)
+        );
+        assert_eq!(clock.monotonic_ns(), 5_000_000_000);
+        assert_eq!(
+            at(clock.wall_from_boottime(0)),
+            Duration::from_secs(1_699_999_993)
         );
     }
 }

@@ -1,6 +1,7 @@
-//! Writing events. A dedicated thread owns the outputs so a slow disk or a blocked stdout
-//! never stalls the ring buffer reader; the queue between them is bounded and what does not
-//! fit is counted by the caller.
+//! Writing events. The pipeline hands each event, as a JSON line, to a [`Sink`]. The daemon's
+//! sink is [`WriterThread`]: a dedicated thread owns the outputs so a slow disk or a blocked
+//! stdout never stalls the ring buffer reader; the queue between them is bounded and what
+//! does not fit is counted by the caller.
 
 use std::{
     fs::File,
@@ -42,7 +43,18 @@ pub struct Outputs {
     pub files: PrivateFiles,
 }
 
-pub struct Sink {
+/// Anything that takes the pipeline's events: the writer thread in the daemon, a list of
+/// lines in tests.
+pub trait Sink {
+    /// Takes one JSON line (without its newline), or says why not; never blocks.
+    fn offer(&mut self, line: Vec<u8>) -> Offer;
+    /// Lines taken but not written since the start (`output_errors`).
+    fn output_errors(&self) -> u64;
+    /// Writes out everything taken and flushes; nothing is taken afterwards.
+    fn close(&mut self);
+}
+
+pub struct WriterThread {
     queue: Option<SyncSender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     output_errors: Arc<AtomicU64>,
@@ -59,7 +71,7 @@ pub enum Offer {
     WriterGone,
 }
 
-impl Sink {
+impl WriterThread {
     pub fn start(outputs: Outputs) -> Result<Self, SinkError> {
         let file = outputs
             .log_file
@@ -80,20 +92,20 @@ impl Sink {
             output_errors,
         })
     }
+}
 
-    /// Queues one JSON line (without its newline).
-    pub fn offer(&self, line: Vec<u8>) -> Offer {
+impl Sink for WriterThread {
+    fn offer(&mut self, line: Vec<u8>) -> Offer {
         self.queue
             .as_ref()
             .map_or(Offer::WriterGone, |queue| offer_to(queue, line))
     }
 
-    pub fn output_errors(&self) -> u64 {
+    fn output_errors(&self) -> u64 {
         self.output_errors.load(Ordering::Relaxed)
     }
 
-    /// Writes out everything queued and flushes.
-    pub fn close(&mut self) {
+    fn close(&mut self) {
         self.queue = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -101,7 +113,7 @@ impl Sink {
     }
 }
 
-impl Drop for Sink {
+impl Drop for WriterThread {
     fn drop(&mut self) {
         self.close();
     }
@@ -184,7 +196,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("imds-probe-sink-{}", std::process::id()));
         let path = dir.join("nested/events.jsonl");
         for line in ["{\"a\":1}", "{\"b\":2}"] {
-            let mut sink = Sink::start(Outputs {
+            let mut sink = WriterThread::start(Outputs {
                 stdout: false,
                 log_file: Some(path.clone()),
                 files: PrivateFiles::default(),

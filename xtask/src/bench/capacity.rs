@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::{
     Ctx,
-    harness::{Daemon, Netns, Server, run_client, sleep, summary},
+    harness::{Netns, fake_imds, logging_daemon, run_client, sleep, stop, summary},
     procfs::{BpfStats, CpuTicks, ProgStats, bpf_programs, status_kib, thread_cpu_ns},
     quiet_host,
     stats::{Summary, Table, int, num},
@@ -102,7 +102,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     );
     let stats = BpfStats::enable()?;
     let ns = Netns::new()?;
-    let imds = Server::fake_imds(ctx, &ns)?;
+    let imds = fake_imds(ctx, &ns)?;
     let imds_command = imds.command.clone();
     let mut runs: Vec<Run> = Vec::new();
     let mut commands: Vec<String> = Vec::new();
@@ -149,7 +149,7 @@ fn one_run(
 ) -> Result<Run> {
     let log = ctx.tmp.join(&format!("capacity-{round}-{rate}.jsonl"));
     quiet_host(&[])?;
-    let mut daemon = Daemon::logging(ctx, "sk-msg", &log, "capacity")?;
+    let mut daemon = logging_daemon(ctx, "sk-msg", &log, "capacity")?;
     let cpu_before = CpuTicks::of(daemon.pid)?;
     let threads_before = thread_cpu_ns(daemon.pid);
     let imds_before = CpuTicks::of(imds_pid)?;
@@ -211,7 +211,7 @@ fn one_run(
     let hwm_kib = status_kib(daemon.pid, "VmHWM")?;
     let rss_kib = status_kib(daemon.pid, "VmRSS")?;
     let progs = bpf_programs(daemon.pid)?;
-    let stopped = daemon.stop()?;
+    let stopped = stop(&mut daemon)?;
     let (written, loss_events, loss_total) = read_log(&log)?;
     let log_bytes = fs::metadata(&log).map_or(0, |m| m.len());
     let _ = fs::remove_file(&log);

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 
 use super::{
     Ctx,
-    harness::{Daemon, Netns, Server, run_client},
+    harness::{Netns, fake_imds, logging_daemon, run_client, stop},
     stats::Table,
 };
 
@@ -59,7 +59,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         ctx.backends.join(", ")
     );
     let ns = Netns::new()?;
-    let _imds = Server::fake_imds(ctx, &ns)?;
+    let _imds = fake_imds(ctx, &ns)?;
     let setups: Vec<Option<&str>> = std::iter::once(None)
         .chain(ctx.backends.iter().map(|b| Some(b.as_str())))
         .collect();
@@ -82,7 +82,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let mut results = vec![Vec::new(); cases.len()];
     for setup in &setups {
         let daemon = match setup {
-            Some(backend) => Some(Daemon::logging(
+            Some(backend) => Some(logging_daemon(
                 ctx,
                 backend,
                 &ctx.tmp.join(&format!("clients-{backend}.jsonl")),
@@ -94,7 +94,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             outcomes.push(client(&ns, size, style, requests)?);
         }
         if let Some(mut daemon) = daemon {
-            daemon.stop()?;
+            stop(&mut daemon)?;
         }
     }
     for (&(size, style), outcomes) in cases.iter().zip(&results) {

@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Ctx,
-    harness::{Daemon, Netns, Server, run_client, sleep, summary},
+    harness::{Netns, fake_imds, logging_daemon, run_client, sleep, stop, summary},
     quiet_host,
     stats::{Summary, Table, num, percentile},
 };
@@ -265,7 +265,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     );
     println!("   a fresh daemon per round and condition (started before, SIGTERM after)");
     let ns = Netns::new()?;
-    let imds = Server::fake_imds(ctx, &ns)?;
+    let imds = fake_imds(ctx, &ns)?;
     let mut results: Vec<(Condition, Round)> = Vec::new();
     let mut commands = Vec::new();
     let mut how = "";
@@ -406,7 +406,7 @@ fn one_round(
         .tmp
         .join(&format!("latency-{round}-{}.jsonl", condition as u8));
     quiet_host(&[])?;
-    let mut daemon = Daemon::logging(ctx, "sk-msg", &log, "latency")?;
+    let mut daemon = logging_daemon(ctx, "sk-msg", &log, "latency")?;
     let tailer = Tailer::start(log.clone());
     let churn = (condition == Condition::ExecChurn).then(Churn::start);
     let mut load = ns.command(&ctx.bins.load);
@@ -451,7 +451,7 @@ fn one_round(
     sleep(Duration::from_millis(100))?;
     let (seen, tail_how) = tailer.finish()?;
     *how = tail_how;
-    daemon.stop()?;
+    stop(&mut daemon)?;
     let loss = loss_totals(&log);
     let _ = std::fs::remove_file(&log);
     let mut r = Round {

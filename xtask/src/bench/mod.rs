@@ -118,21 +118,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Workspace::new()?.release_dir()?
     } else {
         setup::run()?;
-        let ws = Workspace::new()?;
-        let dir = ws.build_daemon()?;
-        cmd::run(ws.cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "imds-probe-tests",
-            "--bin",
-            "imds-load",
-        ]))?;
-        dir
+        Workspace::new()?.build_binaries()?
     };
     let ctx = Ctx {
         bins: Bins::in_dir(&bin_dir)?,
-        tmp: TempDir::new()?,
+        tmp: TempDir::new("bench")?,
         rounds: args.rounds,
         seconds: args.seconds,
         rates: args.rates,

@@ -15,7 +15,7 @@ use anyhow::{Result, bail};
 
 use super::{
     Ctx,
-    harness::{Daemon, Netns, Server, run_client, summary},
+    harness::{Netns, Server, logging_daemon, run_client, start_daemon, stop, summary},
     procfs::{BpfStats, bpf_programs, process_cpu_ns},
     quiet_host,
     stats::{Summary, Table, num},
@@ -60,9 +60,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     for backend in &ctx.backends {
         quiet_host(&[])?;
         let args = ["--backend", backend.as_str(), "--no-stdout"];
-        match Daemon::start(&ctx.bins.daemon, &args, &ctx.tmp, "overhead-probe") {
+        match start_daemon(ctx, &args, "overhead-probe") {
             Ok(mut daemon) => {
-                daemon.stop()?;
+                stop(&mut daemon)?;
                 conditions.push(Some(backend.as_str()));
             }
             Err(e) => {
@@ -104,7 +104,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             quiet_host(&[])?;
             let mut daemon = match condition {
                 None => None,
-                Some(backend) => Some(Daemon::logging(ctx, backend, &log, "overhead")?),
+                Some(backend) => Some(logging_daemon(ctx, backend, &log, "overhead")?),
             };
             let cpu_before = daemon.as_ref().map(|d| process_cpu_ns(d.pid));
             let (mut sample, used) = workloads(ctx, &ns, seconds)?;
@@ -112,7 +112,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             if let Some(daemon) = daemon.as_mut() {
                 let cpu_ns = process_cpu_ns(daemon.pid).saturating_sub(cpu_before.unwrap_or(0));
                 sample.daemon_cpu_ms = cpu_ns as f64 / 1e6;
-                daemon.stop()?;
+                stop(daemon)?;
                 let events = count_requests(&log)?;
                 if events != 0 {
                     bail!(
@@ -270,7 +270,7 @@ fn kernel_shares(
     for backend in backends.iter().flatten() {
         quiet_host(&[])?;
         let log = ctx.tmp.join("overhead-stats.jsonl");
-        let mut daemon = Daemon::logging(ctx, backend, &log, "overhead-stats")?;
+        let mut daemon = logging_daemon(ctx, backend, &log, "overhead-stats")?;
         let before = bpf_programs(daemon.pid)?;
         let started = Instant::now();
         let out = summary(&run_client(
@@ -280,7 +280,7 @@ fn kernel_shares(
         )?)?;
         let elapsed_ns = started.elapsed().as_secs_f64() * 1e9;
         let after = bpf_programs(daemon.pid)?;
-        daemon.stop()?;
+        stop(&mut daemon)?;
         let _ = fs::remove_file(&log);
         let round_trips = out["round_trips"].as_f64().unwrap_or(f64::NAN);
         for prog in &after {

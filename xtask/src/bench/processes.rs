@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     Ctx,
-    harness::{Daemon, sleep},
+    harness::{sleep, start_daemon, stop},
     procfs::process_cpu_ns,
     quiet_host,
     stats::{Summary, Table, num},
@@ -34,13 +34,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     for round in 1..=rounds {
         quiet_host(&[])?;
         let bare = spawn_loop()?;
-        let mut daemon = Daemon::start(&ctx.bins.daemon, &["--no-stdout"], &ctx.tmp, "processes")?;
+        let mut daemon = start_daemon(ctx, &["--no-stdout"], "processes")?;
         let cpu_before = process_cpu_ns(daemon.pid);
         let probed = spawn_loop()?;
         // Let the drain timer pick up the last records before the CPU is read.
         sleep(Duration::from_millis(100))?;
         let cpu = Duration::from_nanos(process_cpu_ns(daemon.pid).saturating_sub(cpu_before));
-        daemon.stop()?;
+        stop(&mut daemon)?;
         command.clone_from(&daemon.command);
         let per = |d: Duration| d.as_secs_f64() * 1e6 / PROCESSES as f64;
         println!(

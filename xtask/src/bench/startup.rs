@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::{
     Ctx,
-    harness::{Daemon, sleep},
+    harness::{self, sleep, start_daemon},
     procfs::{CpuTicks, process_cpu_ns, status_kib},
     quiet_host,
     stats::{Summary, Table, num},
@@ -40,13 +40,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let mut command = String::new();
     for rep in 1..=rounds {
         quiet_host(&[])?;
-        let mut daemon = Daemon::start(&ctx.bins.daemon, &["--no-stdout"], &ctx.tmp, "startup")?;
+        let mut daemon = start_daemon(ctx, &["--no-stdout"], "startup")?;
         // Right after READY: nothing but startup has run yet.
         let ticks = CpuTicks::of(daemon.pid)?.total();
         let exact = Duration::from_nanos(process_cpu_ns(daemon.pid));
         let rss_kib = status_kib(daemon.pid, "VmRSS")?;
         let hwm_kib = status_kib(daemon.pid, "VmHWM")?;
-        let stopped = daemon.stop()?;
+        let stopped = harness::stop(&mut daemon)?;
         command.clone_from(&daemon.command);
         let row = [
             daemon.ready_after.as_secs_f64() * 1e3,

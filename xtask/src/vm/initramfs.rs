@@ -24,12 +24,14 @@ pub const BIN_DIR: &str = "opt/imds-probe/bin";
 pub const TESTS_DIR: &str = "opt/imds-probe/tests";
 
 /// Host tools the tests call (by name, through PATH); `kill`, `env`, `sh` and the rest are
-/// busybox. node runs the JavaScript SDK test.
+/// busybox. node runs the JavaScript SDK test; util-linux's setpriv the privilege tests
+/// (busybox's cannot change uids or the bounding set).
 const HOST_TOOLS: &[&str] = &[
     "/usr/bin/ip",
     "/usr/bin/curl",
     "/usr/bin/unshare",
     "/usr/bin/node",
+    "/usr/bin/setpriv",
 ];
 
 /// Directories under the toolchain prefix the tests read at their host paths: the AWS SDKs

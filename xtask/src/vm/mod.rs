@@ -35,8 +35,9 @@ const TESTS_PACKAGE: &str = "imds-probe-tests";
 /// targets miss.
 const HOST_ONLY_TESTS: &[&str] = &["hostile_load"];
 
-/// Daemon binaries the tests start, from `cargo build --release -p imds-probe --bins`.
-const DAEMON_BINS: &[&str] = &["imds-probe", "fake-imds"];
+/// Binaries the tests and benchmarks start: the daemon and the test kit's servers and clients
+/// (`Workspace::build_binaries`).
+const BINS: &[&str] = &["imds-probe", "fake-imds", "imds-load", "uring-client"];
 
 /// Debian's bpftool, if the host has it.
 const BPFTOOL: &str = "/usr/sbin/bpftool";
@@ -153,9 +154,8 @@ fn run(ws: &Workspace, opts: &Options, job: &Job) -> Result<()> {
         Job::Bench(args) => (vec!["bench"], Some(args.as_str())),
     };
 
-    let mut bins = build_daemon(ws)?;
-    let (mut tests, test_bins) = build_tests(ws)?;
-    bins.extend(test_bins);
+    let mut bins = build_binaries(ws)?;
+    let mut tests = build_tests(ws)?;
     if bench.is_some() {
         // The benchmark is this very program, run inside the VM with the clients it starts.
         tests.clear();
@@ -386,18 +386,17 @@ fn selected_backends(names: &[String]) -> Result<Vec<&'static str>> {
         .collect()
 }
 
-fn build_daemon(ws: &Workspace) -> Result<Executables> {
-    let release = ws.build_daemon()?;
-    Ok(DAEMON_BINS
+fn build_binaries(ws: &Workspace) -> Result<Executables> {
+    let release = ws.build_binaries()?;
+    Ok(BINS
         .iter()
         .map(|name| ((*name).to_owned(), release.join(name)))
         .collect())
 }
 
 /// Builds the integration tests. Returns every executable of a tests/*.rs target (so a new
-/// test file is picked up without touching this), and the package's own binaries (such as
-/// uring-client) that the tests start.
-fn build_tests(ws: &Workspace) -> Result<(Executables, Executables)> {
+/// test file is picked up without touching this).
+fn build_tests(ws: &Workspace) -> Result<Executables> {
     let mut cargo = ws.cargo();
     cargo
         .args(["test", "--release", "-p", TESTS_PACKAGE, "--no-run"])
@@ -407,7 +406,6 @@ fn build_tests(ws: &Workspace) -> Result<(Executables, Executables)> {
     let mut child = cargo.spawn().context("could not start cargo")?;
     let stdout = child.stdout.take().context("cargo has no stdout")?;
     let mut executables = Vec::new();
-    let mut bins = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo's output")?;
         let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -428,11 +426,8 @@ fn build_tests(ws: &Workspace) -> Result<(Executables, Executables)> {
                 .as_array()
                 .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
         };
-        let is_test_build = message["profile"]["test"] == true;
         if is("test") && !HOST_ONLY_TESTS.contains(&name) {
             executables.push((name.to_owned(), PathBuf::from(executable)));
-        } else if is("bin") && !is_test_build {
-            bins.push((name.to_owned(), PathBuf::from(executable)));
         }
     }
     let status = child.wait().context("waiting for cargo")?;
@@ -442,7 +437,7 @@ fn build_tests(ws: &Workspace) -> Result<(Executables, Executables)> {
     if executables.is_empty() {
         bail!("cargo built no test executable for {TESTS_PACKAGE}");
     }
-    Ok((executables, bins))
+    Ok(executables)
 }
 
 fn report(rows: &[Row], backends: &[&str], emulator: &str, elapsed: Duration) -> String {
