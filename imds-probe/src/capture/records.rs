@@ -194,8 +194,17 @@ pub(crate) mod encode {
     }
 
     pub fn close(backend: Backend, ts_ns: u64, cookie: u64) -> Vec<u8> {
+        connection(KIND_CLOSE, backend, ts_ns, cookie)
+    }
+
+    /// sock_ops enrolled `cookie`.
+    pub fn open(ts_ns: u64, cookie: u64) -> Vec<u8> {
+        connection(KIND_OPEN, Backend::SkMsg, ts_ns, cookie)
+    }
+
+    fn connection(kind: u32, backend: Backend, ts_ns: u64, cookie: u64) -> Vec<u8> {
         bytes(&Close {
-            header: header(KIND_CLOSE, backend, ts_ns),
+            header: header(kind, backend, ts_ns),
             cookie,
         })
     }
