@@ -16,7 +16,10 @@ use imds_probe_common::{
     send::{CHUNK_BYTES, SendChunk, SendRecord},
 };
 
-use crate::maps::{EVENTS, count_loss};
+use crate::{
+    diagnostics,
+    maps::{EVENTS, count_loss},
+};
 
 /// Most requests to the IMDS are a few hundred bytes: a small record keeps the ring buffer
 /// dense, a large one carries header blocks and bodies. The ring buffer needs a constant size
@@ -73,6 +76,7 @@ pub fn emit_sized<const N: usize>(
 ) {
     let Some(mut entry) = EVENTS.reserve::<SendRecord<N>>(0) else {
         count_loss(LOSS_RING_BUFFER_SEND);
+        diagnostics::ring_buffer_full("send", len);
         return;
     };
     let record = entry.as_mut_ptr();
@@ -153,6 +157,7 @@ pub fn emit_open(backend: u32, cookie: u64) {
 fn emit_connection(kind: u32, backend: u32, cookie: u64) {
     let Some(mut entry) = EVENTS.reserve::<Close>(0) else {
         count_loss(LOSS_RING_BUFFER_CLOSE);
+        diagnostics::ring_buffer_full("close or open", size_of::<Close>() as u32);
         return;
     };
     entry.write(Close {

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod conn;
+mod diagnostics;
 mod emit;
 mod kernel;
 mod maps;

@@ -31,6 +31,7 @@ use imds_probe_common::{
 const WAKE_ABOVE_BYTES: u64 = 256 * 1024;
 
 use crate::{
+    diagnostics,
     emit::header,
     kernel::{global, read, read_ptr},
     maps::{EVENTS, count_loss},
@@ -140,6 +141,7 @@ fn wakeup() -> u64 {
 fn output<T>(record: T) {
     if EVENTS.output::<T>(record, wakeup()).is_err() {
         count_loss(LOSS_RING_BUFFER_PROCESS);
+        diagnostics::ring_buffer_full("process", size_of::<T>() as u32);
     }
 }
 
@@ -153,6 +155,7 @@ pub fn imds_process_exec(ctx: RawTracePointContext) -> i32 {
     }
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         count_loss(LOSS_RING_BUFFER_PROCESS);
+        diagnostics::ring_buffer_full("exec", size_of::<ExecRecord>() as u32);
         return 0;
     };
     let task: *const u8 = ctx.arg::<u64>(0) as *const u8;

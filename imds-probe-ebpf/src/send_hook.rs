@@ -28,6 +28,7 @@ use imds_probe_common::{
 };
 
 use crate::{
+    diagnostics,
     emit::{Memory, SendMeta, emit_close, emit_gap_end, emit_sized},
     kernel::{global, read, read_ptr},
     maps::{HOOKED_SOCKETS, count_loss},
@@ -232,6 +233,7 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
             read(iter, global(&OFF_ITER_NR_SEGS)),
         )
     } else {
+        diagnostics::send_unreadable(iter_type, count);
         mark_lost(&meta, seq, count, LOSS_SEND_UNREADABLE);
         return;
     };

@@ -20,6 +20,7 @@ use imds_probe_common::{
 
 use crate::{
     conn::{self, Peer, RawPeer},
+    diagnostics,
     emit::{emit_close, emit_open},
     maps::{IMDS_SOCKETS, count_loss},
 };
@@ -60,14 +61,17 @@ fn on_established(ctx: &SockOpsContext) {
     if !peer.is_imds() {
         return;
     }
+    // SAFETY: `ctx.ops` is the program's own context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let Some(sk) = socket(ctx) else {
         count_loss(LOSS_CONNECTION_UNTRACKED);
+        diagnostics::connection_untracked(cookie, "no full socket");
         return;
     };
-    // SAFETY: `ctx.ops` is the program's own context pointer.
-    let mut initial = ConnState::new(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
+    let mut initial = ConnState::new(cookie);
     if conn::enrol(sk, &mut initial).is_none() {
         count_loss(LOSS_CONNECTION_UNTRACKED);
+        diagnostics::connection_untracked(cookie, "no socket storage");
         return;
     }
     // SAFETY: `ctx.ops` is the live bpf_sock_ops of this callback.
@@ -79,6 +83,7 @@ fn on_established(ctx: &SockOpsContext) {
     if enrolled.is_err() || ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_err() {
         conn::forget(sk);
         count_loss(LOSS_CONNECTION_UNTRACKED);
+        diagnostics::connection_untracked(cookie, "socket hash or callbacks refused it");
         return;
     }
     emit_open(BACKEND_SK_MSG, initial.cookie);

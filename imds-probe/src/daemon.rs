@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::{
     attribution::{Attributor, redact::Redactor, source::ProcReader},
-    capture::{self, BackendChoice, open_connections, read_loss},
+    capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
     host::{notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::{
         event::Clock,
@@ -42,6 +42,7 @@ pub struct RunOptions {
     pub sensitive_words: Vec<String>,
     /// The group (name or gid) that may read the files the daemon writes, besides root.
     pub output_group: Option<String>,
+    pub kernel_log: KernelLogLevel,
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -76,7 +77,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         mut ebpf,
         ring,
         loss,
-    } = capture::start(options.backend)?;
+        kernel_log,
+    } = capture::start(options.backend, options.kernel_log)?;
+    if let Some(reader) = kernel_log {
+        tokio::spawn(reader.run());
+    }
     // Hand back what start-up freed below the mmap threshold (the object, small BTF parts)
     // rather than carry it for the daemon's life.
     // SAFETY: malloc_trim only releases free memory of glibc's allocator.

@@ -5,7 +5,10 @@ use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use imds_probe::{
-    capture::BackendChoice,
+    capture::{
+        BackendChoice,
+        kernel_log::{self, KernelLogLevel},
+    },
     daemon::{self, RunOptions},
 };
 use tracing_subscriber::EnvFilter;
@@ -47,13 +50,21 @@ enum Command {
         /// (mode 0640/0750); without it only root can.
         #[arg(long, value_name = "GROUP")]
         output_group: Option<String>,
+        /// Log the kernel programs' diagnostics up to this level (a connection left
+        /// untracked, a send the hooks cannot read, a record the full ring buffer refused;
+        /// each is also counted as loss). Off costs the programs nothing.
+        #[arg(long, value_enum, value_name = "LEVEL", default_value_t = KernelLogLevel::Off)]
+        kernel_log: KernelLogLevel,
     },
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("IMDS_PROBE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("IMDS_PROBE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info"))
+                // `--kernel-log` chooses what the programs write; all of it is shown.
+                .add_directive(format!("{}=trace", kernel_log::TARGET).parse()?),
         )
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal: journald and log files keep escape codes.
@@ -71,6 +82,7 @@ fn main() -> Result<()> {
             loss_report_interval,
             sensitive_words,
             output_group,
+            kernel_log,
         } => runtime.block_on(daemon::run(RunOptions {
             backend,
             log_file,
@@ -78,6 +90,7 @@ fn main() -> Result<()> {
             loss_report_interval: Duration::from_secs(loss_report_interval.max(1)),
             sensitive_words,
             output_group,
+            kernel_log,
         })),
     }
 }

@@ -10,6 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::proc_fs;
+
 const CACHE_CAPACITY: usize = 16_384;
 /// FILEID_KERNFS: the handle type of kernfs (and so cgroupfs) files.
 const FILEID_KERNFS: i32 = 0xfe;
@@ -62,18 +64,14 @@ impl CgroupResolver {
     /// The cgroup v2 id of a process, from /proc/<pid>/cgroup: its directory's inode number.
     pub fn id_of_process(&self, pid: u32) -> Option<u64> {
         let (root_path, _) = self.root.as_ref()?;
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let path = unified_path(&text)?;
-        let dir = root_path.join(path.trim_start_matches('/'));
+        let cgroups = proc_fs::process(pid)?.cgroups().ok()?;
+        // The v2 line, "0::/system.slice/x.service", beside any v1 hierarchies.
+        let unified = cgroups.into_iter().find(|cgroup| cgroup.hierarchy == 0)?;
+        let dir = root_path.join(unified.pathname.trim_start_matches('/'));
         Some(std::os::unix::fs::MetadataExt::ino(
             &std::fs::metadata(dir).ok()?,
         ))
     }
-}
-
-/// The cgroup v2 line of /proc/<pid>/cgroup ("0::/system.slice/x.service") -> its path.
-fn unified_path(text: &str) -> Option<&str> {
-    text.lines().find_map(|line| line.strip_prefix("0::"))
 }
 
 fn open_by_id(root: &File, id: u64) -> std::io::Result<OwnedFd> {
@@ -115,10 +113,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_unified_line_gives_the_path() {
-        let text = "12:cpu,cpuacct:/x\n1:name=systemd:/init.scope\n0::/system.slice/a.service\n";
-        assert_eq!(unified_path(text), Some("/system.slice/a.service"));
-        assert_eq!(unified_path("1:name=systemd:/\n"), None);
+    fn a_process_cgroup_id_is_its_directory_inode() {
+        let mounts = crate::host::system::mounts_of("cgroup2").unwrap();
+        let Some(root) = mounts.into_iter().next() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let me = std::process::id();
+        let text = std::fs::read_to_string(format!("/proc/{me}/cgroup")).unwrap();
+        let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(root.join(path.trim_start_matches('/'))).unwrap(),
+        );
+        let resolver = CgroupResolver::new(Some(root));
+        assert_eq!(resolver.id_of_process(me), Some(inode));
+        assert_eq!(resolver.id_of_process(u32::MAX), None);
     }
 
     #[test]

@@ -16,26 +16,20 @@
 //! processes already running when the daemon starts ([`ProcessTable::seed`]) and any that
 //! slipped past ([`ProcessTable::get_or_load`]).
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    fs::{self, File},
-    io::Read,
-    path::Path,
-};
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use super::{proc_fs::parse_cmdline, redact::Redactor, source::ProcessSource};
+use super::{
+    proc_fs::{self, LossyStatus, RawCmdline, parse_cmdline},
+    redact::Redactor,
+    source::ProcessSource,
+};
 
 /// How far `parents` climbs; real trees are far shallower, so this only stops runaways.
 const MAX_PARENT_HOPS: usize = 32;
 /// Appended to a command line that was cut, so that a reader does not take it as complete.
 const TRUNCATED: &str = "\u{2026}";
-/// Bytes of /proc/<pid>/cmdline read: `parse_cmdline` keeps at most 64 arguments of 512
-/// characters, so more would only be thrown away, and a JVM's classpath can run to megabytes.
-const MAX_CMDLINE_BYTES: usize = 64 * 1024;
-/// USER_HZ is 100 on every Linux architecture; used only if sysconf cannot say.
-const DEFAULT_CLK_TCK: u64 = 100;
 /// uid and gid of a process whose image is unknown: the kernel's own "no id" value
 /// (`(uid_t)-1`), which no real user has, where 0 would claim root.
 pub const UNKNOWN_ID: u32 = u32::MAX;
@@ -372,80 +366,36 @@ fn cmdline_from(raw: &[u8], truncated: bool, redactor: &Redactor) -> Option<Vec<
 /// /proc/<pid>/{stat,status,exe,cmdline}; the comm is taken from stat, which holds the same
 /// text as /proc/<pid>/comm, read in the same snapshot as the ppid.
 pub(crate) fn load(pid: u32, clk_tck: u64, redactor: &Redactor) -> Option<ProcessRecord> {
-    let dir = Path::new("/proc").join(pid.to_string());
-    // Lossy: a comm is any bytes the process chose.
-    let stat = parse_stat(&String::from_utf8_lossy(&fs::read(dir.join("stat")).ok()?))?;
-    let status = fs::read(dir.join("status")).ok()?;
-    let status = String::from_utf8_lossy(&status);
-    let (uid, gid) = parse_status_ids(&status)?;
+    let process = proc_fs::process(pid)?;
+    // procfs reads stat lossily: a comm is any bytes the process chose. `starttime` is taken
+    // raw in ticks, as the kernel's records are in boot-time ns: procfs's `starttime()` would
+    // read the boot time from /proc/stat.
+    let stat = process.stat().ok()?;
+    let LossyStatus(status) = process.read("status").ok()?;
     // exe is unreadable for kernel threads, zombies and, without privilege, other users.
-    let exe = fs::read_link(dir.join("exe"))
+    let exe = process
+        .exe()
         .ok()
         .map(|path| path.to_string_lossy().into_owned());
+    let cmdline = process
+        .read::<_, RawCmdline>("cmdline")
+        .ok()
+        .and_then(|cmdline| cmdline_from(&cmdline.raw, cmdline.truncated, redactor));
     Some(ProcessRecord {
         pid,
-        ppid: stat.ppid,
-        ns_pid: parse_status_ns_pid(&status),
+        ppid: u32::try_from(stat.ppid).unwrap_or(0),
+        // The last of `NSpid:` is the pid in the process's own namespace (Linux 4.1+).
+        ns_pid: status
+            .nspid
+            .and_then(|pids| u32::try_from(*pids.last()?).ok())
+            .and_then(known_pid),
         comm: stat.comm,
         exe,
-        cmdline: read_cmdline(&dir.join("cmdline"), redactor),
-        uid,
-        gid,
-        start_time_ns: Some(ticks_to_ns(stat.start_ticks, clk_tck)),
+        cmdline,
+        uid: status.ruid,
+        gid: status.rgid,
+        start_time_ns: Some(ticks_to_ns(stat.starttime, clk_tck)),
     })
-}
-
-fn read_cmdline(path: &Path, redactor: &Redactor) -> Option<Vec<String>> {
-    let mut raw = Vec::new();
-    File::open(path)
-        .ok()?
-        .take(MAX_CMDLINE_BYTES as u64 + 1)
-        .read_to_end(&mut raw)
-        .ok()?;
-    let truncated = raw.len() > MAX_CMDLINE_BYTES;
-    raw.truncate(MAX_CMDLINE_BYTES);
-    cmdline_from(&raw, truncated, redactor)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct Stat {
-    comm: String,
-    ppid: u32,
-    start_ticks: u64,
-}
-
-/// /proc/<pid>/stat. The comm is whatever the process named itself, spaces and parentheses
-/// included, so it runs from the first '(' to the last ')'; nothing after it can hold a ')'.
-fn parse_stat(stat: &str) -> Option<Stat> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?;
-    let rest = stat.get(close + 1..)?;
-    // Numbered from 1 as in proc_pid_stat(5): the first field after the comm is field 3.
-    let field = |number: usize| rest.split_whitespace().nth(number - 3);
-    Some(Stat {
-        comm: comm.to_owned(),
-        ppid: field(4)?.parse().ok()?,
-        start_ticks: field(22)?.parse().ok()?,
-    })
-}
-
-/// The real uid and gid: the first of the four numbers on the "Uid:" and "Gid:" lines.
-fn parse_status_ids(status: &str) -> Option<(u32, u32)> {
-    let real = |key: &str| -> Option<u32> {
-        let line = status.lines().find_map(|line| line.strip_prefix(key))?;
-        line.split_whitespace().next()?.parse().ok()
-    };
-    Some((real("Uid:")?, real("Gid:")?))
-}
-
-/// The pid in the process's own namespace: the last number on "NSpid:", which lists the pid
-/// from the namespace of the /proc mount inwards (Linux 4.1+).
-fn parse_status_ns_pid(status: &str) -> Option<u32> {
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("NSpid:"))?;
-    known_pid(line.split_whitespace().last()?.parse().ok()?)
 }
 
 /// 0 is what the kernel side gives when it could not read the pid, never a process's pid.
@@ -459,14 +409,10 @@ fn ticks_to_ns(ticks: u64, clk_tck: u64) -> u64 {
     u64::try_from(ns).unwrap_or(u64::MAX)
 }
 
-pub(crate) fn clk_tck() -> u64 {
-    Some(rustix::param::clock_ticks_per_second())
-        .filter(|&hz| hz > 0)
-        .unwrap_or(DEFAULT_CLK_TCK)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -838,54 +784,6 @@ mod tests {
     }
 
     #[test]
-    fn stat_comm_may_hold_spaces_and_parentheses() {
-        let stat = "4242 (a) b (c) S 17 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 \
-                    12345678 300 18446744073709551615\n";
-        assert_eq!(
-            parse_stat(stat),
-            Some(Stat {
-                comm: "a) b (c".into(),
-                ppid: 17,
-                start_ticks: 987_654,
-            })
-        );
-        assert_eq!(
-            parse_stat("1 () S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 7 0").map(|s| s.start_ticks),
-            Some(7)
-        );
-        for bad in [
-            "",
-            "1 (x S 2",
-            "1 (x) S",
-            "1 (x) S two 1",
-            ")1 (",
-            "1 (x) S 2 1 1 0 -1 0",
-        ] {
-            assert_eq!(parse_stat(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn status_gives_the_real_ids() {
-        let status = "Name:\tmy prog\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t9\nPid:\t9\n\
-                      PPid:\t1\nUid:\t1000\t1001\t1002\t1003\nGid:\t50\t51\t52\t53\nGroups:\t4 24\n";
-        assert_eq!(parse_status_ids(status), Some((1000, 50)));
-        assert_eq!(parse_status_ids("Uid:\t1000\t1000\t1000\t1000\n"), None);
-        assert_eq!(parse_status_ids("Uid:\tx\nGid:\t1\n"), None);
-    }
-
-    #[test]
-    fn status_gives_the_innermost_ns_pid() {
-        assert_eq!(
-            parse_status_ns_pid("Pid:\t4242\nNSpid:\t4242\t17\t1\n"),
-            Some(1)
-        );
-        assert_eq!(parse_status_ns_pid("NSpid:\t4242\n"), Some(4242));
-        assert_eq!(parse_status_ns_pid("Pid:\t4242\n"), None);
-        assert_eq!(parse_status_ns_pid("NSpid:\t\n"), None);
-    }
-
-    #[test]
     fn ticks_become_nanoseconds() {
         assert_eq!(ticks_to_ns(150, 100), 1_500_000_000);
         assert_eq!(ticks_to_ns(3, 250), 12_000_000);
@@ -926,6 +824,30 @@ mod tests {
         );
         assert!(consistent(&table));
         assert_eq!(table.evicted(), 0);
+    }
+
+    #[test]
+    fn a_process_named_in_bytes_that_are_not_utf8_is_loaded_with_its_ids() {
+        use std::os::unix::ffi::OsStrExt;
+
+        let dir = std::env::temp_dir().join(format!("imds-probe-comm-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // The kernel names a process after the file it exec'd: here, a link to sleep.
+        let link = dir.join(std::ffi::OsStr::from_bytes(b"\xffprobe"));
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        // `spawn` returns once the exec has happened.
+        let mut child = std::process::Command::new(&link).arg("30").spawn().unwrap();
+        let mut table = ProcessTable::new(4, 0);
+        let record = table.get_or_load(child.id(), &mut host()).cloned();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+
+        let record = record.expect("loaded");
+        assert_eq!(record.comm, "\u{fffd}probe");
+        assert_eq!(record.uid, nix::unistd::getuid().as_raw());
+        assert_eq!(record.ppid, std::process::id());
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl ProcReader {
     /// Opens the cgroup2 root, if there is one.
     pub fn new(cgroup_root: Option<PathBuf>) -> Self {
         Self {
-            clk_tck: process_table::clk_tck(),
+            clk_tck: procfs::ticks_per_second(),
             cgroups: CgroupResolver::new(cgroup_root),
             users: UserNames::default(),
         }

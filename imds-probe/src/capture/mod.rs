@@ -2,6 +2,7 @@
 //! records into the same pipeline; they differ only in which kernel hook sees the send.
 
 pub mod btf_offsets;
+pub mod kernel_log;
 pub mod open_connections;
 pub mod process_events;
 pub(crate) mod process_fd;
@@ -24,7 +25,7 @@ use imds_probe_common::{
 };
 
 use crate::{
-    capture::{btf_offsets::Btf, open_connections::OpenConnection},
+    capture::{btf_offsets::Btf, kernel_log::KernelLogLevel, open_connections::OpenConnection},
     causes::Causes,
     host::system::{self, SystemError},
 };
@@ -110,6 +111,10 @@ pub enum LoadError {
     NoSendHookOffsets,
     #[error("no backend could attach: {}", .0.iter().map(|(b, e)| format!("{b}: {}", Causes(e))).collect::<Vec<_>>().join("; "))]
     NoBackend(Vec<(Backend, LoadError)>),
+    #[error("opening the kernel programs' log")]
+    KernelLog(#[source] aya_log::Error),
+    #[error("registering the kernel programs' log with the reactor")]
+    KernelLogReader(#[source] std::io::Error),
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -125,6 +130,8 @@ pub struct Probe {
     pub ebpf: Ebpf,
     pub ring: RingBuf<MapData>,
     pub loss: PerCpuArray<MapData, u64>,
+    /// The programs' diagnostics, unless `--kernel-log off`.
+    pub kernel_log: Option<kernel_log::Reader>,
 }
 
 pub(crate) fn program_error(
@@ -179,7 +186,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadE
 
 /// Loads the object and attaches the chosen backend. The ring buffer is taken out before
 /// anything attaches, so no record can be produced that the reader will not see.
-pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
+pub fn start(choice: BackendChoice, log_level: KernelLogLevel) -> Result<Probe, LoadError> {
     system::prepare()?;
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
@@ -210,7 +217,10 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
             loader.override_global(ready, &1u32, true);
         }
     }
+    let log_global = log_level.global();
+    loader.override_global(aya_log::LEVEL, &log_global, true);
     let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
+    let kernel_log = kernel_log::open(&mut ebpf, log_level)?;
     let ring = RingBuf::try_from(take_map(&mut ebpf, RING_BUFFER_MAP)?).map_err(|source| {
         LoadError::Map {
             name: RING_BUFFER_MAP,
@@ -232,6 +242,7 @@ pub fn start(choice: BackendChoice) -> Result<Probe, LoadError> {
         ebpf,
         ring,
         loss,
+        kernel_log,
     })
 }
 

@@ -7,10 +7,13 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    net::SocketAddr,
 };
 
-use imds_probe_common::imds::{
-    AF_INET, AF_INET6, IMDS_PORT, ipv4_mapped, ipv6_from_words, is_imds_addr,
+use imds_probe_common::imds::{AF_INET, AF_INET6, IMDS_PORT, ipv4_mapped, is_imds_addr};
+use procfs::{
+    net::{TcpNetEntry, TcpState},
+    process::FDTarget,
 };
 
 use crate::attribution::proc_fs;
@@ -18,10 +21,6 @@ use crate::attribution::proc_fs;
 /// Connections reported (and, for sk_msg, enrolled) at most: as many as the kernel side
 /// tracks. The rest are counted in the log.
 pub const MAX_REPORTED: usize = imds_probe_common::send::MAX_CONNECTIONS as usize;
-
-/// TCP states in /proc/net/tcp: a socket that could still send a request.
-const ESTABLISHED: u8 = 0x01;
-const CLOSE_WAIT: u8 = 0x08;
 
 /// One socket of a TCP table that is connected to the IMDS.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,20 +53,23 @@ pub struct Scan {
 /// Walks /proc: one TCP table pair per network namespace, then every process's descriptors
 /// for the sockets found. Processes and namespaces that vanish meanwhile are skipped.
 pub fn scan() -> Scan {
-    let mut pids = proc_fs::pids().unwrap_or_default();
-    pids.sort_unstable();
+    let mut pids = Vec::new();
     let mut sockets: HashMap<u64, ImdsSocket> = HashMap::new();
     let mut namespaces = HashSet::new();
-    for &pid in &pids {
+    for process in proc_fs::processes().into_iter().flatten() {
+        let Ok(pid) = u32::try_from(process.pid) else {
+            continue;
+        };
+        pids.push(pid);
         let Ok(netns) = fs::read_link(format!("/proc/{pid}/ns/net")) else {
             continue;
         };
         if !namespaces.insert(netns) {
             continue;
         }
-        for (table, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
-            if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-                sockets.extend(imds_sockets(&text, family).map(|s| (s.inode, s)));
+        for (table, family) in [(process.tcp(), AF_INET), (process.tcp6(), AF_INET6)] {
+            if let Ok(entries) = table {
+                sockets.extend(imds_sockets(entries, family).map(|s| (s.inode, s)));
             }
         }
     }
@@ -75,24 +77,18 @@ pub fn scan() -> Scan {
     if sockets.is_empty() {
         return scan;
     }
-    for &pid in &pids {
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+    pids.sort_unstable();
+    for pid in pids {
+        let Some(fds) = proc_fs::process(pid).and_then(|process| process.fd().ok()) else {
             continue;
         };
         // One descriptor per socket: a process may hold several for the same one.
         let mut held: HashMap<u64, i32> = HashMap::new();
-        for entry in fds.flatten() {
-            let fd = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse().ok());
-            let inode = fs::read_link(entry.path())
-                .ok()
-                .and_then(|link| socket_inode(&link.to_string_lossy()));
-            if let (Some(fd), Some(inode)) = (fd, inode)
+        for fd in fds.flatten() {
+            if let FDTarget::Socket(inode) = fd.target
                 && sockets.contains_key(&inode)
             {
-                held.entry(inode).or_insert(fd);
+                held.entry(inode).or_insert(fd.fd);
             }
         }
         for (inode, fd) in held {
@@ -110,61 +106,42 @@ pub fn scan() -> Scan {
     scan
 }
 
-/// "socket:[12345]" -> 12345.
-fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// The rows of a /proc/net/tcp or tcp6 table whose peer is the IMDS and which can still send.
-pub fn imds_sockets(table: &str, family: u16) -> impl Iterator<Item = ImdsSocket> + '_ {
-    table.lines().skip(1).filter_map(move |line| {
-        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (remote, port) = endpoint(fields.get(2)?)?;
-        let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
-        let inode = fields.get(9)?.parse().ok()?;
+/// The entries of a TCP table whose peer is the IMDS and which can still send a request.
+pub fn imds_sockets(table: Vec<TcpNetEntry>, family: u16) -> impl Iterator<Item = ImdsSocket> {
+    table.into_iter().filter_map(move |entry| {
+        let remote = match entry.remote_address {
+            SocketAddr::V4(addr) => ipv4_mapped(addr.ip().octets()),
+            SocketAddr::V6(addr) => addr.ip().octets(),
+        };
         let socket = ImdsSocket {
-            inode,
+            inode: entry.inode,
             remote,
-            port,
+            port: entry.remote_address.port(),
             family,
         };
-        ((state == ESTABLISHED || state == CLOSE_WAIT)
-            && port == IMDS_PORT
+        (matches!(entry.state, TcpState::Established | TcpState::CloseWait)
+            && socket.port == IMDS_PORT
             && is_imds_addr(&remote)
-            && inode != 0)
+            && socket.inode != 0)
             .then_some(socket)
     })
-}
-
-/// "FEA9FEA9:0050" or 32 hex digits and a port. The kernel prints each 32-bit word of the
-/// address (network order in memory) as a native-endian number: the words the kernel
-/// programs read from their contexts.
-fn endpoint(text: &str) -> Option<([u8; 16], u16)> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| {
-        addr.get(i * 8..i * 8 + 8)
-            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-    };
-    let bytes = match addr.len() {
-        8 => ipv4_mapped(word(0)?.to_ne_bytes()),
-        32 => ipv6_from_words([word(0)?, word(1)?, word(2)?, word(3)?]),
-        _ => return None,
-    };
-    Some((bytes, port))
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    use procfs::{FromReadSI, net::TcpNetEntries};
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The table as procfs reads the kernel's text.
+    fn parse(text: &str) -> Vec<TcpNetEntry> {
+        TcpNetEntries::from_read(text.as_bytes(), procfs::current_system_info())
+            .unwrap()
+            .0
+    }
 
     /// How the kernel prints an address: each 32-bit word of the in-memory (network order)
     /// address as a native-endian number.
@@ -215,9 +192,11 @@ mod tests {
             // A listener's unconnected peer.
             row(&v4(Ipv4Addr::UNSPECIFIED, 0), "0A", 17),
         ]);
-        let found: Vec<u64> = imds_sockets(&text, AF_INET).map(|s| s.inode).collect();
+        let found: Vec<u64> = imds_sockets(parse(&text), AF_INET)
+            .map(|s| s.inode)
+            .collect();
         assert_eq!(found, [11, 12]);
-        let socket = imds_sockets(&text, AF_INET).next().unwrap();
+        let socket = imds_sockets(parse(&text), AF_INET).next().unwrap();
         assert_eq!(Ipv6Addr::from(socket.remote).to_ipv4_mapped(), Some(IMDS4));
         assert_eq!((socket.port, socket.family), (80, AF_INET));
     }
@@ -229,29 +208,19 @@ mod tests {
             row(&v6(IMDS4.to_ipv6_mapped(), 80), "01", 22),
             row(&v6(Ipv6Addr::LOCALHOST, 80), "01", 23),
         ]);
-        let found: Vec<_> = imds_sockets(&text, AF_INET6)
+        let found: Vec<_> = imds_sockets(parse(&text), AF_INET6)
             .map(|s| (s.inode, Ipv6Addr::from(s.remote)))
             .collect();
         assert_eq!(found, [(21, IMDS6), (22, IMDS4.to_ipv6_mapped())]);
     }
 
-    #[test]
-    fn socket_links_name_their_inode() {
-        assert_eq!(socket_inode("socket:[4026532]"), Some(4026532));
-        assert_eq!(socket_inode("pipe:[4026532]"), None);
-        assert_eq!(socket_inode("/dev/null"), None);
-    }
-
     proptest! {
-        #[test]
-        fn any_line_parses_without_panic(line in ".{0,200}") {
-            let _ = imds_sockets(&format!("header\n{line}"), AF_INET).count();
-        }
-
+        /// procfs reads each word of the address in the kernel's (host) order.
         #[test]
         fn printed_addresses_read_back(octets in any::<[u8; 16]>(), port in any::<u16>()) {
             let addr = Ipv6Addr::from(octets);
-            prop_assert_eq!(endpoint(&v6(addr, port)), Some((octets, port)));
+            let entry = &parse(&table(&[row(&v6(addr, port), "01", 1)]))[0];
+            prop_assert_eq!(entry.remote_address, SocketAddr::from((addr, port)));
         }
     }
 }

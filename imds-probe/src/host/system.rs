@@ -8,6 +8,7 @@ use std::{
 };
 
 use nix::{mount::MsFlags, sys::resource};
+use procfs::process::MountInfo;
 
 const BPFFS: &str = "/sys/fs/bpf";
 const LOCK_FILE: &str = "/run/imds-probe.lock";
@@ -108,21 +109,20 @@ pub fn single_instance() -> Result<InstanceLock, SystemError> {
 }
 
 /// Mount points of a filesystem type, from /proc/self/mountinfo.
-fn mounts_of(fstype: &str) -> Result<Vec<PathBuf>, SystemError> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
+pub(crate) fn mounts_of(fstype: &str) -> Result<Vec<PathBuf>, SystemError> {
+    let info = fs::read("/proc/self/mountinfo")
         .map_err(SystemError::from_io("read /proc/self/mountinfo"))?;
-    Ok(parse_mounts(&info, fstype))
+    Ok(parse_mounts(&String::from_utf8_lossy(&info), fstype))
 }
 
+/// Lines parsed by procfs, one at a time: its `mountinfo()` fails the whole table on a line
+/// that is not UTF-8 (any mount point on the host may be), and leaves the escapes in paths.
 fn parse_mounts(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
     mountinfo
         .lines()
-        .filter_map(|line| {
-            // "36 35 98:0 / /mnt rw,noatime master:1 - ext3 /dev/root rw": the type follows " - ".
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            (right.split(' ').next()? == fstype).then(|| PathBuf::from(unescape_octal(mount_point)))
-        })
+        .filter_map(|line| MountInfo::from_line(line).ok())
+        .filter(|mount| mount.fs_type == fstype)
+        .map(|mount| PathBuf::from(unescape_octal(&mount.mount_point.to_string_lossy())))
         .collect()
 }
 
@@ -214,12 +214,15 @@ mod tests {
 25 30 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
 26 30 0:24 / /sys/fs/bpf rw - bpf bpf rw,mode=700
 27 30 0:25 / /mnt/with\\040space rw shared:1 - cgroup2 none rw
+not a mount line
+28 30 0:26 / /mnt/\u{fffd} rw - cgroup2 none rw
 ";
         assert_eq!(
             parse_mounts(info, "cgroup2"),
             vec![
                 PathBuf::from("/sys/fs/cgroup/unified"),
-                PathBuf::from("/mnt/with space")
+                PathBuf::from("/mnt/with space"),
+                PathBuf::from("/mnt/\u{fffd}")
             ]
         );
         assert_eq!(

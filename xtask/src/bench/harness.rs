@@ -158,11 +158,16 @@ pub fn logging_daemon(ctx: &Ctx, backend: &str, log: &Path, tag: &str) -> Result
 /// in the scratch directory. While another imds-probe (an integration test, say) holds the
 /// one-per-host lock, retries for up to two minutes.
 pub fn start_daemon(ctx: &Ctx, args: &[&str], tag: &str) -> Result<Daemon> {
+    start_daemon_from(ctx, &ctx.bins.daemon, args, tag)
+}
+
+/// [`start_daemon`] with the daemon binary at `daemon` (another build's, say).
+pub fn start_daemon_from(ctx: &Ctx, daemon: &Path, args: &[&str], tag: &str) -> Result<Daemon> {
     let until = Instant::now() + Duration::from_secs(120);
     let mut noted = false;
     loop {
         check_interrupted()?;
-        let mut command = Command::new(&ctx.bins.daemon);
+        let mut command = Command::new(daemon);
         command.arg("run").args(args);
         match Daemon::start(command, ctx.tmp.path(), tag, Stdout::Discard) {
             Err(Error::Locked) if Instant::now() < until => {

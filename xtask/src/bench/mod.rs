@@ -1,4 +1,4 @@
-//! `cargo xtask bench [overhead|capacity|latency|startup|all]`: numbers measured side by side
+//! `cargo xtask bench [overhead|capacity|latency|startup|processes|clients|idle|all]`: numbers measured side by side
 //! in one run, printed as tables with medians and spreads. Nothing here asserts a speed; the
 //! targets are printed next to the numbers for a reader to judge.
 //!
@@ -9,6 +9,7 @@
 mod capacity;
 mod clients;
 mod harness;
+mod idle;
 mod latency;
 mod overhead;
 mod processes;
@@ -34,10 +35,11 @@ pub struct BenchArgs {
     /// (with the kernel cost per BPF program).
     #[arg(value_enum, default_value_t = Which::All)]
     which: Which,
-    /// Repetitions (default: startup 10, overhead 5, latency 3, capacity 3).
+    /// Repetitions (default: startup 10, overhead 5, latency 3, capacity 3, idle 1).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Seconds per timed load (default: overhead 3 per workload, latency 5, capacity 5).
+    /// Seconds per timed load (default: overhead 3 per workload, latency 5, capacity 5, idle
+    /// 60 per window).
     #[arg(long)]
     seconds: Option<f64>,
     /// Target request rates of the capacity measurement, req/s; 0 = as fast as it goes.
@@ -57,6 +59,10 @@ pub struct BenchArgs {
     /// MiB per bulk send of the overhead measurement.
     #[arg(long, default_value_t = 1024)]
     bulk_mib: u64,
+    /// `idle` only: also measure the daemon in this directory (a build of another revision,
+    /// e.g. main before a change), interleaved with this one and shown beside it.
+    #[arg(long, value_name = "DIR")]
+    baseline_dir: Option<PathBuf>,
     /// `overhead` only: print its ratios to no probe and no absolute numbers, since under
     /// emulation only the ratios mean anything.
     #[arg(long)]
@@ -73,6 +79,8 @@ enum Which {
     Processes,
     /// Errors watched clients get from their own socket calls, by request size.
     Clients,
+    /// Wake-ups and CPU per minute with no IMDS traffic: nothing else, and a fork/exec storm.
+    Idle,
     All,
 }
 
@@ -110,6 +118,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.ratios_only && args.which != Which::Overhead {
         bail!("--ratios-only is for `overhead`, the one measurement reported as ratios");
     }
+    if args.baseline_dir.is_some() && args.which != Which::Idle {
+        bail!("--baseline-dir is for `idle`");
+    }
     harness::install_interrupt_handler();
     let no_build = args.no_build || args.bin_dir.is_some();
     let bin_dir = if let Some(dir) = args.bin_dir {
@@ -139,6 +150,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Latency,
             Which::Capacity,
             Which::Clients,
+            Which::Idle,
         ],
         ref one => std::slice::from_ref(one),
     };
@@ -151,6 +163,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Capacity => capacity::run(&ctx)?,
             Which::Processes => processes::run(&ctx)?,
             Which::Clients => clients::run(&ctx)?,
+            Which::Idle => idle::run(&ctx, args.baseline_dir.as_deref())?,
             Which::All => unreachable!("expanded above"),
         }
     }

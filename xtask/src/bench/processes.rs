@@ -37,8 +37,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         let mut daemon = start_daemon(ctx, &["--no-stdout"], "processes")?;
         let cpu_before = process_cpu_ns(daemon.pid);
         let probed = spawn_loop()?;
-        // Let the drain timer pick up the last records before the CPU is read.
-        sleep(Duration::from_millis(100))?;
+        // Let the daemon's 1 s tick drain the last records before the CPU is read: below
+        // 256 KiB unread, process records do not wake it.
+        sleep(Duration::from_millis(1_100))?;
         let cpu = Duration::from_nanos(process_cpu_ns(daemon.pid).saturating_sub(cpu_before));
         stop(&mut daemon)?;
         command.clone_from(&daemon.command);
@@ -79,13 +80,19 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 fn spawn_loop() -> Result<Duration> {
     let start = Instant::now();
     for _ in 0..PROCESSES {
-        let status = Command::new("/bin/true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running /bin/true")?;
-        anyhow::ensure!(status.success(), "/bin/true failed");
+        short_process()?;
     }
     Ok(start.elapsed())
+}
+
+/// One short process: fork, exec /bin/true, exit, wait.
+pub fn short_process() -> Result<()> {
+    let status = Command::new("/bin/true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running /bin/true")?;
+    anyhow::ensure!(status.success(), "/bin/true failed");
+    Ok(())
 }

@@ -94,6 +94,32 @@ pub fn process_cpu_ns(pid: u32) -> u64 {
     thread_cpu_ns(pid).values().sum()
 }
 
+/// Context switches, voluntary and involuntary, summed over every thread of `pid`: each is
+/// a time a thread was woken (or preempted) and ran. Threads that exited are not counted.
+pub fn context_switches(pid: u32) -> u64 {
+    let task_dir = Path::new("/proc").join(pid.to_string()).join("task");
+    let Ok(entries) = fs::read_dir(&task_dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| fs::read_to_string(entry.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    matches!(
+                        key,
+                        "voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches"
+                    )
+                    .then(|| value.trim().parse::<u64>().ok())?
+                })
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// A `Vm*` line of /proc/<pid>/status, in KiB.
 pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let path = Path::new("/proc").join(pid.to_string()).join("status");
