@@ -1,7 +1,10 @@
 //! The `run` command: attach, read the ring buffer until told to stop, then detach, drain
 //! what is left and flush. One task owns the loaded programs and the reader.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -18,10 +21,13 @@ use tokio::{
 use crate::{
     attribution::{Attributor, redact::Redactor, source::ProcReader},
     capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
+    causes::Causes,
     host::{notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::{
         event::Clock,
+        ledger::{Ledger, store, window::Window},
         sink::{Outputs, WriterThread},
+        summary::Limiter,
     },
     pipeline::Pipeline,
 };
@@ -30,7 +36,8 @@ use crate::{
 /// process records that did not wake the reader (the kernel wakes it for those only once they
 /// pile up), looks for the close of sockets the daemon enrolled itself (a look through the
 /// socket hash's keys, only while there are such sockets), follows clock steps, reaps exited
-/// processes, and reports loss when that is due.
+/// processes, writes the callers' `request_summary` events, and reports loss and writes the
+/// ledger when those are due.
 const TICK: Duration = Duration::from_secs(1);
 
 pub struct RunOptions {
@@ -42,6 +49,16 @@ pub struct RunOptions {
     pub sensitive_words: Vec<String>,
     /// The group (name or gid) that may read the files the daemon writes, besides root.
     pub output_group: Option<String>,
+    /// Where the ledger lives.
+    pub state_dir: PathBuf,
+    pub ledger_interval: Duration,
+    pub max_callers: usize,
+    /// One event per request; else the first few per caller and class a minute, then
+    /// summaries.
+    pub every_request: bool,
+    pub full_requests_per_minute: u32,
+    pub max_file_bytes: u64,
+    pub files_kept: u32,
     pub kernel_log: KernelLogLevel,
 }
 
@@ -62,15 +79,23 @@ pub async fn run(options: RunOptions) -> Result<()> {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
         files,
+        max_file_bytes: options.max_file_bytes,
+        files_kept: options.files_kept,
     })?;
+    let ledger = Ledger::new(
+        store::load_or_set_aside(&options.state_dir)?,
+        options.max_callers,
+    );
+    let limiter = (!options.every_request).then(|| Limiter::new(options.full_requests_per_minute));
     let cgroup_root = system::cgroup2_root().ok();
     let redactor = Redactor::new(&options.sensitive_words)?;
     let mut who = Attributor::new(Box::new(ProcReader::new(cgroup_root)), redactor);
     who.seed();
-    let mut pipeline = Pipeline::new(Box::new(sink), who, Clock::host());
+    let mut pipeline = Pipeline::new(Box::new(sink), who, Clock::host(), ledger, limiter);
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     let capture::Probe {
         backend,
@@ -94,12 +119,19 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // start-up path: each /proc/<pid>/net/tcp read walks the kernel's whole established hash
     // (4.5 ms per table on a 24 GiB host, whatever it holds), once per network namespace.
     let mut open_scan = Some(tokio::task::spawn_blocking(open_connections::scan));
+    pipeline.start_window(Window::start(SystemTime::now(), &backend.to_string()));
     notify("READY=1").context("sd_notify READY=1")?;
-    tracing::info!(%backend, log_file = ?options.log_file, "capturing IMDS requests");
+    tracing::info!(
+        %backend,
+        log_file = ?options.log_file,
+        state_dir = %options.state_dir.display(),
+        "capturing IMDS requests"
+    );
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut loss_due = Instant::now() + options.loss_report_interval;
+    let mut ledger_due = Instant::now() + options.ledger_interval;
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
     let mut kernel_loss = [0; LOSS_COUNTERS as usize];
@@ -129,6 +161,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
                     read_loss(&loss, &mut kernel_loss);
                     pipeline.report_loss(kernel_loss);
                 }
+                if now >= ledger_due {
+                    ledger_due = now + options.ledger_interval;
+                    read_loss(&loss, &mut kernel_loss);
+                    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, false);
+                }
+            }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reopening the log file");
+                pipeline.reopen_outputs();
             }
             scan = async { open_scan.as_mut().unwrap().await }, if open_scan.is_some() => {
                 open_scan = None;
@@ -152,8 +193,26 @@ pub async fn run(options: RunOptions) -> Result<()> {
     pipeline.finish();
     read_loss(&loss, &mut kernel_loss);
     pipeline.report_loss(kernel_loss);
+    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, true);
     pipeline.close();
     outcome
+}
+
+/// Writes the ledger and updates the status line. A failed write is logged, not fatal: the
+/// next one may succeed, and capture goes on either way.
+fn write_ledger(
+    pipeline: &mut Pipeline,
+    state_dir: &Path,
+    kernel_loss: [u64; LOSS_COUNTERS as usize],
+    stopped: bool,
+) {
+    if let Err(error) = pipeline.write_ledger(state_dir, kernel_loss, stopped) {
+        tracing::error!(error = %Causes(&error), "writing the ledger failed");
+    }
+    let status = pipeline.status();
+    if let Err(error) = notify(&format!("STATUS={status}")) {
+        tracing::debug!(%error, "sd_notify STATUS");
+    }
 }
 
 /// Hands every record in the ring buffer to the pipeline. While the programs are attached

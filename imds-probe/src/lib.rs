@@ -13,8 +13,11 @@
 pub mod attribution;
 pub mod capture;
 pub(crate) mod causes;
+pub mod config;
 pub mod daemon;
 pub(crate) mod host;
 pub mod outputs;
 pub mod pipeline;
+pub mod remediation;
+pub mod report;
 pub mod streams;

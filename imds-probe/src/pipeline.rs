@@ -19,8 +19,10 @@ use crate::{
     },
     outputs::{
         event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
+        ledger::{Ledger, store, window::Window},
         loss::LossCounts,
         sink::{Offer, Sink},
+        summary::{Limiter, SummaryEvent},
     },
     streams::{
         classify::classify,
@@ -56,10 +58,25 @@ struct Emitter {
     /// User-space counters; the kernel's are merged in when reporting.
     counts: LossCounts,
     reported: LossCounts,
+    /// Every request is counted here, whatever the events say.
+    ledger: Ledger,
+    /// The ledger's eviction count when this run began: the file's count spans every run.
+    evicted_before: u64,
+    /// None: one event per request (`--every-request`).
+    limiter: Option<Limiter>,
+    summaries: Vec<SummaryEvent>,
 }
 
 impl Pipeline {
-    pub fn new(sink: Box<dyn Sink>, who: Attributor, clock: Clock) -> Self {
+    /// `ledger` counts every request; `limiter` bounds the request events (None: one per
+    /// request).
+    pub fn new(
+        sink: Box<dyn Sink>,
+        who: Attributor,
+        clock: Clock,
+        ledger: Ledger,
+        limiter: Option<Limiter>,
+    ) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
             held_head_bytes: 0,
@@ -71,6 +88,10 @@ impl Pipeline {
                 sink,
                 counts: LossCounts::default(),
                 reported: LossCounts::default(),
+                evicted_before: ledger.callers_evicted(),
+                ledger,
+                limiter,
+                summaries: Vec::new(),
             },
             items: Vec::new(),
         }
@@ -143,11 +164,14 @@ impl Pipeline {
         }
     }
 
-    /// Housekeeping, once a second: follows steps of the wall clock (NTP), and drops the
-    /// processes whose grace period after exit has ended.
+    /// Housekeeping, once a second: follows steps of the wall clock (NTP), drops the
+    /// processes whose grace period after exit has ended, and writes the `request_summary`
+    /// events of the callers' windows that have ended.
     pub fn tick(&mut self) {
         self.out.clock.resync();
-        self.out.who.reap(self.out.clock.monotonic_ns());
+        let now = self.out.clock.monotonic_ns();
+        self.out.who.reap(now);
+        self.out.summarise(now, false);
     }
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
@@ -208,7 +232,8 @@ impl Pipeline {
         }
     }
 
-    /// The daemon is stopping: heads still in flight become `unknown`.
+    /// The daemon is stopping: heads still in flight become `unknown`, and every window of
+    /// the event limiter is summarised.
     pub fn finish(&mut self) {
         let now = self.out.clock.monotonic_ns();
         self.held_head_bytes = 0;
@@ -218,10 +243,47 @@ impl Pipeline {
                 .finish(UnknownReason::IncompleteAtShutdown, &mut self.items);
             self.out.emit(cookie, &connection, now, &mut self.items);
         }
+        self.out.summarise(now, true);
     }
 
     pub fn close(mut self) {
         self.out.sink.close();
+    }
+
+    /// SIGHUP: the log file is opened again (logrotate moved it).
+    pub fn reopen_outputs(&self) {
+        self.out.sink.reopen();
+    }
+
+    /// Opens this run's observation window in the ledger.
+    pub fn start_window(&mut self, window: Window) {
+        self.out.ledger.start_window(window);
+    }
+
+    /// Brings this run's window up to now and writes the ledger (`stopped`: at a clean stop).
+    pub fn write_ledger(
+        &mut self,
+        state_dir: &std::path::Path,
+        kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize],
+        stopped: bool,
+    ) -> Result<(), store::StoreError> {
+        let lost = self.out.total_loss(kernel).unseen();
+        let now = self.out.clock.now().0;
+        self.out.ledger.update_window(now, lost, stopped);
+        store::write(state_dir, self.out.ledger.data())
+    }
+
+    /// The line `systemctl status` shows (sd_notify STATUS=).
+    pub fn status(&self) -> String {
+        let (requests, v1_callers) = self.out.ledger.totals();
+        format!(
+            "IMDSv1 callers: {v1_callers}; requests: imdsv1 {}, imdsv2 {}, token {}, unknown {}; lost: {}",
+            requests.imdsv1,
+            requests.imdsv2,
+            requests.token,
+            requests.unknown,
+            self.out.reported.unseen()
+        )
     }
 }
 
@@ -242,8 +304,34 @@ impl Emitter {
                 }
                 Item::Unknown(reason) => RequestEvent::unknown(reason, ctx),
             };
-            self.write(&event);
+            self.ledger.record(&event, ts);
+            let full = match self.limiter.as_mut() {
+                Some(limiter) => limiter.admit(&event, ts, &self.clock, &mut self.summaries),
+                None => true,
+            };
+            self.write_summaries();
+            if full {
+                self.write(&event);
+            }
         }
+    }
+
+    fn summarise(&mut self, now_ns: u64, all: bool) {
+        if let Some(limiter) = self.limiter.as_mut() {
+            let ended = limiter.ended(now_ns, all, &self.clock);
+            self.summaries.extend(ended);
+            self.write_summaries();
+        }
+    }
+
+    fn write_summaries(&mut self) {
+        let summaries = std::mem::take(&mut self.summaries);
+        for summary in &summaries {
+            self.write(summary);
+        }
+        // The buffer is reused: no allocation per request.
+        self.summaries = summaries;
+        self.summaries.clear();
     }
 
     fn write<T: serde::Serialize>(&mut self, event: &T) {
@@ -309,12 +397,22 @@ impl Emitter {
         }
     }
 
-    /// Emits a `loss` event and a log line if anything was lost since the last report.
-    fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+    /// Everything lost since this run began, the kernel's `kernel` counters merged in.
+    fn total_loss(
+        &self,
+        kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize],
+    ) -> LossCounts {
         let mut total = self.counts;
         total.processes_evicted = self.who.evicted();
+        total.ledger_callers_evicted = self.ledger.callers_evicted() - self.evicted_before;
         total.set_kernel(kernel);
         total.output_errors += self.sink.output_errors();
+        total
+    }
+
+    /// Emits a `loss` event and a log line if anything was lost since the last report.
+    fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+        let total = self.total_loss(kernel);
         let since_last = total.since(&self.reported);
         if since_last.is_zero() {
             return;

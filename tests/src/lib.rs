@@ -208,8 +208,23 @@ impl Daemon {
     }
 
     /// Starts `command`, which must exec `imds-probe run` in place (setpriv, say), with a
-    /// log file, and waits for READY=1.
+    /// log file, and waits for READY=1. One event per request (`--every-request`: the markers
+    /// and clients of a test must not be summarised), and a ledger of the test's own unless
+    /// `command` names a `--state-dir`.
     pub fn start_command(mut command: Command) -> Self {
+        command.arg("--every-request");
+        Self::launch(command)
+    }
+
+    /// As `start`, without `--every-request`: request events are limited per caller and
+    /// minute, as the daemon's defaults say.
+    pub fn start_raw(args: &[&str]) -> Self {
+        let mut command = Command::new(binary("imds-probe"));
+        command.arg("run").args(args);
+        Self::launch(command)
+    }
+
+    fn launch(mut command: Command) -> Self {
         // A test that failed while holding the turn poisons it; the next one may still run.
         let turn = ONE_DAEMON
             .lock()
@@ -217,6 +232,9 @@ impl Daemon {
         let dir = TempDir::new("test-daemon").or_panic();
         let log_file = dir.join("logs/events.jsonl");
         command.arg("--log-file").arg(&log_file);
+        if !command.get_args().any(|arg| arg == "--state-dir") {
+            command.arg("--state-dir").arg(dir.join("state"));
+        }
         let daemon =
             imds_probe_test_kit::Daemon::start(command, dir.path(), "daemon", Stdout::Events)
                 .or_panic();
@@ -283,5 +301,15 @@ impl Daemon {
     /// SIGTERM, then wait for it to exit.
     pub fn stop(&mut self) -> ExitStatus {
         self.daemon.stop().or_panic().status
+    }
+
+    /// `kill -9`: no chance to write anything more. Reaped by the SIGTERM-and-wait of `stop`.
+    pub fn kill(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-9", &self.pid().to_string()])
+            .status()
+            .expect("kill -9");
+        assert!(status.success(), "kill -9 {}", self.pid());
+        self.stop()
     }
 }

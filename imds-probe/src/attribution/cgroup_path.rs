@@ -58,7 +58,7 @@
 //!   requiring it keeps units like `docker-compose@app.service` from reading as containers.
 //!   LXC/LXD are not recognised, since their cgroups carry container names, not ids.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The kernel prints a cgroup path through a `PATH_MAX` buffer, so anything longer was not
 /// read from `/proc` and is not worth walking.
@@ -79,7 +79,7 @@ pub struct CgroupInfo {
     pub container: Option<Container>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     pub runtime: Runtime,
     /// The container id as the path spells it (usually 64 hex).
@@ -92,7 +92,7 @@ pub struct Container {
     pub ecs_task: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Runtime {
     Docker,

@@ -13,7 +13,8 @@ use crate::capture::LoadError;
 pub const TARGET: &str = "imds_probe::kernel";
 
 /// `--kernel-log`: the most verbose kernel diagnostics to log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KernelLogLevel {
     #[default]
     Off,

@@ -33,7 +33,8 @@ use crate::{
 /// The kernel object with every program, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-probe"));
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
     /// The first of sk-msg, fentry, kprobe that loads and attaches here.
     Auto,

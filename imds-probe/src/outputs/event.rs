@@ -12,7 +12,12 @@ use crate::{
     attribution::Attribution,
     capture::Backend,
     outputs::loss::LossCounts,
-    streams::{classify::Class, http::RequestHead, reassembly::UnknownReason},
+    streams::{
+        classify::Class,
+        http::RequestHead,
+        probe::{Cloud, probe_of},
+        reassembly::UnknownReason,
+    },
 };
 
 #[derive(Debug, Serialize)]
@@ -21,6 +26,9 @@ pub struct RequestEvent {
     pub event: &'static str,
     pub class: Class,
     pub reason: Option<UnknownReason>,
+    /// Another cloud's metadata probe (see `streams::probe`): fails on EC2 whatever the IMDS
+    /// setting, so it is not a caller that would break.
+    pub probe_of: Option<Cloud>,
     pub method: Option<String>,
     pub path: Option<String>,
     pub http_version: Option<&'static str>,
@@ -52,6 +60,7 @@ impl RequestEvent {
 
     pub fn request(head: RequestHead, class: Class, ctx: Context<'_>) -> Self {
         Self {
+            probe_of: probe_of(&head),
             method: Some(head.method),
             path: Some(head.path),
             http_version: Some(head.http_version),
@@ -76,6 +85,7 @@ impl RequestEvent {
             event: Self::NAME,
             class,
             reason,
+            probe_of: None,
             method: None,
             path: None,
             http_version: None,
@@ -154,12 +164,22 @@ impl Remote {
 }
 
 /// Wall-clock time, written as RFC 3339 UTC with microseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp(pub SystemTime);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
+}
+
+/// The ledger reads back what it wrote.
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        humantime::parse_rfc3339(&text)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -40,6 +40,8 @@ pub struct LossCounts {
     pub output_errors: u64,
     /// User space: events dropped because the writer thread had stopped (it panicked).
     pub writer_gone: u64,
+    /// User space: callers dropped from the full ledger (their counts are gone).
+    pub ledger_callers_evicted: u64,
 }
 
 impl LossCounts {
@@ -74,7 +76,27 @@ impl LossCounts {
             queue_full: self.queue_full.saturating_sub(earlier.queue_full),
             output_errors: self.output_errors.saturating_sub(earlier.output_errors),
             writer_gone: self.writer_gone.saturating_sub(earlier.writer_gone),
+            ledger_callers_evicted: self
+                .ledger_callers_evicted
+                .saturating_sub(earlier.ledger_callers_evicted),
         }
+    }
+
+    /// What may have kept a request out of the ledger, or its caller from being known: every
+    /// count but the event outputs' own (`queue_full`, `output_errors`, `writer_gone`), which
+    /// lose events after the ledger has counted them.
+    pub fn unseen(&self) -> u64 {
+        self.ring_buffer_full
+            + self.ring_buffer_full_close
+            + self.send_truncated
+            + self.send_unreadable
+            + self.connections_untracked
+            + self.read_failed
+            + self.ring_buffer_full_process
+            + self.decode_errors
+            + self.connections_evicted
+            + self.processes_evicted
+            + self.ledger_callers_evicted
     }
 
     pub fn is_zero(&self) -> bool {

@@ -4,23 +4,22 @@
 //! does not fit is counted by the caller.
 
 use std::{
-    fs::File,
     io::{self, BufWriter, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread::JoinHandle,
 };
 
-use crate::host::private_files::PrivateFiles;
+use crate::{host::private_files::PrivateFiles, outputs::rotation::RotatingFile};
 
 /// Events queued for writing at most: about a second of a 20,000 requests/s burst. The
 /// queue's slots are allocated up front.
 pub const QUEUE_CAPACITY: usize = 16_384;
-/// Output buffers: events are one to a few KiB, so the default 8 KiB would mean a write(2)
+/// Stdout's buffer: events are one to a few KiB, so the default 8 KiB would mean a write(2)
 /// every few events.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -41,6 +40,9 @@ pub struct Outputs {
     pub log_file: Option<PathBuf>,
     /// Who may read the log file and the directories made for it.
     pub files: PrivateFiles,
+    /// Rotation of the log file (see `rotation`).
+    pub max_file_bytes: u64,
+    pub files_kept: u32,
 }
 
 /// Anything that takes the pipeline's events: the writer thread in the daemon, a list of
@@ -52,12 +54,17 @@ pub trait Sink {
     fn output_errors(&self) -> u64;
     /// Writes out everything taken and flushes; nothing is taken afterwards.
     fn close(&mut self);
+    /// Opens the log file again before the next lines (SIGHUP, for logrotate). Sinks without
+    /// a file have nothing to reopen.
+    fn reopen(&self) {}
 }
 
 pub struct WriterThread {
     queue: Option<SyncSender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     output_errors: Arc<AtomicU64>,
+    /// Set by `reopen`: the writer reopens the log file before its next lines.
+    reopen: Arc<AtomicBool>,
 }
 
 /// Result of offering a line to the queue.
@@ -76,20 +83,34 @@ impl WriterThread {
         let file = outputs
             .log_file
             .as_deref()
-            .map(|path| open_log(&outputs.files, path))
+            .map(|path| {
+                RotatingFile::open(
+                    outputs.files,
+                    path,
+                    outputs.max_file_bytes,
+                    outputs.files_kept,
+                )
+                .map_err(|source| SinkError::Open {
+                    path: path.to_owned(),
+                    source,
+                })
+            })
             .transpose()?;
         let (queue, lines) = mpsc::sync_channel(QUEUE_CAPACITY);
         let output_errors = Arc::new(AtomicU64::new(0));
         let errors = Arc::clone(&output_errors);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let reopen_flag = Arc::clone(&reopen);
         let stdout = outputs.stdout;
         let writer = std::thread::Builder::new()
             .name("imds-probe-sink".into())
-            .spawn(move || write_lines(lines, stdout, file, &errors))
+            .spawn(move || write_lines(lines, stdout, file, &errors, &reopen_flag))
             .map_err(SinkError::Thread)?;
         Ok(Self {
             queue: Some(queue),
             writer: Some(writer),
             output_errors,
+            reopen,
         })
     }
 }
@@ -111,6 +132,10 @@ impl Sink for WriterThread {
             let _ = writer.join();
         }
     }
+
+    fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for WriterThread {
@@ -127,21 +152,12 @@ fn offer_to(queue: &SyncSender<Vec<u8>>, line: Vec<u8>) -> Offer {
     }
 }
 
-fn open_log(files: &PrivateFiles, path: &Path) -> Result<BufWriter<File>, SinkError> {
-    files
-        .open_append(path)
-        .map(BufWriter::new)
-        .map_err(|source| SinkError::Open {
-            path: path.to_owned(),
-            source,
-        })
-}
-
 fn write_lines(
     lines: Receiver<Vec<u8>>,
     stdout: bool,
-    mut file: Option<BufWriter<File>>,
+    mut file: Option<RotatingFile>,
     errors: &AtomicU64,
+    reopen: &AtomicBool,
 ) {
     let mut out = stdout.then(|| BufWriter::with_capacity(WRITE_BUFFER_BYTES, io::stdout().lock()));
     let mut failed_before = false;
@@ -159,6 +175,11 @@ fn write_lines(
     // Block for the first line, then take whatever else is already queued before flushing:
     // one flush per burst, not per event.
     while let Ok(first) = lines.recv() {
+        if reopen.swap(false, Ordering::Relaxed)
+            && let Some(file) = file.as_mut()
+        {
+            record(file.reopen());
+        }
         let mut line = Some(first);
         while let Some(mut bytes) = line.take().or_else(|| lines.try_recv().ok()) {
             bytes.push(b'\n');
@@ -166,7 +187,7 @@ fn write_lines(
                 record(out.write_all(&bytes));
             }
             if let Some(file) = file.as_mut() {
-                record(file.write_all(&bytes));
+                record(file.write_line(&bytes));
             }
         }
         if let Some(out) = out.as_mut() {
@@ -200,6 +221,8 @@ mod tests {
                 stdout: false,
                 log_file: Some(path.clone()),
                 files: PrivateFiles::default(),
+                max_file_bytes: 1 << 20,
+                files_kept: 1,
             })
             .unwrap();
             assert_eq!(sink.offer(line.as_bytes().to_vec()), Offer::Queued);

@@ -26,6 +26,7 @@ use crate::{
     },
     outputs::{
         event::{Clock, Readings},
+        ledger::{Ledger, LedgerData},
         sink::{Offer, Sink},
     },
 };
@@ -173,7 +174,13 @@ impl Run {
         let lines = Lines::default();
         let mut who = Attributor::new(Box::new(MadeUpHost::new()), Redactor::default());
         who.seed();
-        let pipeline = Pipeline::new(Box::new(lines.clone()), who, Clock::reading(readings));
+        let pipeline = Pipeline::new(
+            Box::new(lines.clone()),
+            who,
+            Clock::reading(readings),
+            Ledger::new(LedgerData::default(), 100),
+            None,
+        );
         Self { pipeline, lines }
     }
 

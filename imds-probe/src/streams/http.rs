@@ -1,6 +1,9 @@
 //! Parsing one HTTP/1.x request head out of captured bytes. Only what classification and
 //! the event need is kept; header values other than User-Agent and the token TTL are never
-//! copied, so a token cannot leak through here.
+//! copied (another cloud's metadata header is kept as the cloud it names), so a token cannot
+//! leak through here.
+
+use crate::streams::probe::{Cloud, cloud_of_header};
 
 /// Header blocks up to this size are parsed; a larger one makes the request `unknown`.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -23,6 +26,8 @@ pub struct RequestHead {
     pub has_token: bool,
     /// X-aws-ec2-metadata-token-ttl-seconds, when it is a number.
     pub token_ttl_seconds: Option<u32>,
+    /// Another cloud's metadata header (`Metadata-Flavor: Google`, ...); see `probe`.
+    pub cloud_header: Option<Cloud>,
     pub body: Body,
     /// Bytes of the head, through the blank line.
     pub head_len: usize,
@@ -74,6 +79,7 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
         user_agent: None,
         has_token: false,
         token_ttl_seconds: None,
+        cloud_header: None,
         body: Body::None,
         head_len,
     };
@@ -99,6 +105,8 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             head.body = Body::Undelimited;
+        } else if let Some(cloud) = cloud_of_header(name, header.value) {
+            head.cloud_header = Some(cloud);
         }
     }
     if head.body == Body::None {

@@ -147,15 +147,23 @@ pub fn summary(stdout: &str) -> Result<serde_json::Value> {
 /// measurement runs it.
 pub fn logging_daemon(ctx: &Ctx, backend: &str, log: &Path, tag: &str) -> Result<Daemon> {
     let log = log.to_string_lossy();
+    // One event per request: what the capacity and latency figures have always measured.
     start_daemon(
         ctx,
-        &["--backend", backend, "--no-stdout", "--log-file", &log],
+        &[
+            "--backend",
+            backend,
+            "--no-stdout",
+            "--every-request",
+            "--log-file",
+            &log,
+        ],
         tag,
     )
 }
 
-/// `imds-probe run ARGS`, awaited on READY=1; `tag` names its notify socket and stderr file
-/// in the scratch directory. While another imds-probe (an integration test, say) holds the
+/// `imds-probe run ARGS`, awaited on READY=1; `tag` names its notify socket, stderr file and
+/// ledger directory in the scratch directory. While another imds-probe (an integration test, say) holds the
 /// one-per-host lock, retries for up to two minutes.
 pub fn start_daemon(ctx: &Ctx, args: &[&str], tag: &str) -> Result<Daemon> {
     start_daemon_from(ctx, &ctx.bins.daemon, args, tag)
@@ -168,7 +176,12 @@ pub fn start_daemon_from(ctx: &Ctx, daemon: &Path, args: &[&str], tag: &str) -> 
     loop {
         check_interrupted()?;
         let mut command = Command::new(daemon);
-        command.arg("run").args(args);
+        command
+            .arg("run")
+            // The benchmark's own ledger, not the host's.
+            .arg("--state-dir")
+            .arg(ctx.tmp.join(&format!("{tag}.state")))
+            .args(args);
         match Daemon::start(command, ctx.tmp.path(), tag, Stdout::Discard) {
             Err(Error::Locked) if Instant::now() < until => {
                 if !std::mem::replace(&mut noted, true) {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [overhead|capacity|latency|startup|processes|clients|idle|all]`: numbers measured side by side
+//! `cargo xtask bench [overhead|capacity|latency|startup|processes|clients|idle|log-volume|all]`: numbers measured side by side
 //! in one run, printed as tables with medians and spreads. Nothing here asserts a speed; the
 //! targets are printed next to the numbers for a reader to judge.
 //!
@@ -11,6 +11,7 @@ mod clients;
 mod harness;
 mod idle;
 mod latency;
+mod log_volume;
 mod overhead;
 mod processes;
 mod procfs;
@@ -81,6 +82,8 @@ enum Which {
     Clients,
     /// Wake-ups and CPU per minute with no IMDS traffic: nothing else, and a fork/exec storm.
     Idle,
+    /// Bytes of events per request: one caller polling 10/s, 100 callers, --every-request.
+    LogVolume,
     All,
 }
 
@@ -164,6 +167,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Processes => processes::run(&ctx)?,
             Which::Clients => clients::run(&ctx)?,
             Which::Idle => idle::run(&ctx, args.baseline_dir.as_deref())?,
+            Which::LogVolume => log_volume::run(&ctx)?,
             Which::All => unreachable!("expanded above"),
         }
     }

@@ -41,6 +41,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Mode::Optional)]
     mode: Mode,
 
+    /// Never answer token PUTs (hold the connection until the client gives up), so SDKs fall
+    /// back to IMDSv1 as they do when the answer cannot reach them (hop limit).
+    #[arg(long)]
+    drop_token_puts: bool,
+
     /// Created (with the bound addresses, one per line) once every listener is bound.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
@@ -85,7 +90,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mut tasks = JoinSet::new();
     for listener in listeners {
-        tasks.spawn(server::accept_loop(listener, Arc::clone(&imds)));
+        tasks.spawn(server::accept_loop(
+            listener,
+            Arc::clone(&imds),
+            cli.drop_token_puts,
+        ));
     }
     announce(&bound, cli.ready_file.as_deref())?;
     info!(addrs = ?bound, mode = ?cli.mode, "serving");

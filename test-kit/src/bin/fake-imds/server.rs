@@ -29,7 +29,10 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> 
     Ok(listeners)
 }
 
-pub async fn accept_loop(listener: TcpListener, imds: Arc<Imds>) {
+/// `drop_token_puts`: a connection whose first request is a token PUT is never answered (it
+/// is read and held until the client gives up), as when the PUT's answer cannot reach the
+/// caller (hop limit); SDKs then fall back to IMDSv1.
+pub async fn accept_loop(listener: TcpListener, imds: Arc<Imds>, drop_token_puts: bool) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -40,7 +43,7 @@ pub async fn accept_loop(listener: TcpListener, imds: Arc<Imds>) {
                 }
                 let imds = Arc::clone(&imds);
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, &imds).await {
+                    if let Err(e) = connection(stream, &imds, drop_token_puts).await {
                         debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -55,13 +58,20 @@ pub async fn accept_loop(listener: TcpListener, imds: Arc<Imds>) {
     }
 }
 
-async fn connection(mut stream: TcpStream, imds: &Imds) -> io::Result<()> {
+async fn connection(mut stream: TcpStream, imds: &Imds, drop_token_puts: bool) -> io::Result<()> {
     let mut conn = http::Conn::default();
     let mut input = Vec::with_capacity(READ_CHUNK);
     let mut output = Vec::with_capacity(READ_CHUNK);
     loop {
         input.reserve(READ_CHUNK);
         if stream.read_buf(&mut input).await? == 0 {
+            return Ok(());
+        }
+        if drop_token_puts && input.starts_with(b"PUT /latest/api/token") {
+            // Read and discard until the client closes: it waits for an answer in vain.
+            while stream.read_buf(&mut input).await? != 0 {
+                input.clear();
+            }
             return Ok(());
         }
         let progress = conn.serve(&input, &mut output, &mut |req| imds.handle(req));
