@@ -18,14 +18,17 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
+#[cfg(feature = "cloudwatch-logs")]
+use crate::outputs::cloudwatch::ship::{ShipOptions, Shipper};
 use crate::{
     attribution::{Attributor, redact::Redactor, source::ProcReader},
     capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
     causes::Causes,
-    host::{notify::notify, private_files::PrivateFiles, privileges, system},
+    host::{allocator, identity, notify::notify, private_files::PrivateFiles, privileges, system},
     outputs::{
         event::Clock,
         ledger::{Ledger, store, window::Window},
+        metrics::Dimensions,
         sink::{Outputs, WriterThread},
         summary::Limiter,
     },
@@ -39,6 +42,9 @@ use crate::{
 /// processes, writes the callers' `request_summary` events, and reports loss and writes the
 /// ledger when those are due.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How often the metrics file gets a line (on the tick at or after each minute's start).
+const METRICS_INTERVAL: Duration = Duration::from_secs(60);
 
 pub struct RunOptions {
     pub backend: BackendChoice,
@@ -60,21 +66,40 @@ pub struct RunOptions {
     pub max_file_bytes: u64,
     pub files_kept: u32,
     pub kernel_log: KernelLogLevel,
+    /// Per-minute EMF metrics go to this file.
+    pub metrics_file: Option<PathBuf>,
+    pub metrics_dimensions: Dimensions,
+    /// Ask the IMDS who this host is (IMDSv2 only).
+    pub identity: bool,
+    /// Ship the files to CloudWatch Logs from the daemon itself.
+    pub cloudwatch: Option<CloudWatchOptions>,
 }
 
-pub async fn run(options: RunOptions) -> Result<()> {
+/// `run --cloudwatch-*`: the log files go to these log groups.
+pub struct CloudWatchOptions {
+    pub log_group: String,
+    pub metrics_log_group: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+const NEEDS_LOG_FILE: &str = "--cloudwatch-log-group needs --log-file: the file is what is shipped, and the buffer while CloudWatch is out of reach";
+
+pub async fn run(mut options: RunOptions) -> Result<()> {
+    // Options that cannot work are refused before anything is loaded.
+    if options.cloudwatch.is_some() {
+        anyhow::ensure!(
+            cfg!(feature = "cloudwatch-logs"),
+            "this imds-probe was built without the cloudwatch-logs feature: ship with the CloudWatch agent (`imds-probe cloudwatch agent-config`), or rebuild with it"
+        );
+        anyhow::ensure!(options.log_file.is_some(), NEEDS_LOG_FILE);
+    }
     // Before anything else: without these, every later step fails with a less useful error.
     privileges::check()?;
     PrivateFiles::restrict_process_umask();
     let files = PrivateFiles::new(options.output_group.as_deref())?;
     let _instance = system::single_instance()?;
-    // Start-up reads and parses the kernel's BTF twice (our offset reader, then aya's loader,
-    // which parses it even though nothing uses it): megabytes, freed right away. With glibc's
-    // sliding threshold the first free raises it, the second parse lands on the heap, and the
-    // heap never shrinks back; a fixed threshold gives each big buffer its own mapping that
-    // goes back to the kernel when freed (VmHWM 28.7 -> 23.2 MiB on 6.18; see README).
-    // SAFETY: mallopt only tunes glibc's allocator; it is called before start-up allocates.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
+    allocator::before_start_up();
     let sink = WriterThread::start(Outputs {
         stdout: options.stdout,
         log_file: options.log_file.clone(),
@@ -92,6 +117,17 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut who = Attributor::new(Box::new(ProcReader::new(cgroup_root)), redactor);
     who.seed();
     let mut pipeline = Pipeline::new(Box::new(sink), who, Clock::host(), ledger, limiter);
+    if let Some(path) = &options.metrics_file {
+        // Rotated like the events file: the agent and the shipper follow renames alike.
+        let metrics = WriterThread::start(Outputs {
+            stdout: false,
+            log_file: Some(path.clone()),
+            files,
+            max_file_bytes: options.max_file_bytes,
+            files_kept: options.files_kept,
+        })?;
+        pipeline = pipeline.with_metrics(Box::new(metrics), options.metrics_dimensions);
+    }
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -107,10 +143,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     if let Some(reader) = kernel_log {
         tokio::spawn(reader.run());
     }
-    // Hand back what start-up freed below the mmap threshold (the object, small BTF parts)
-    // rather than carry it for the daemon's life.
-    // SAFETY: malloc_trim only releases free memory of glibc's allocator.
-    unsafe { libc::malloc_trim(0) };
+    allocator::after_start_up();
     // SAFETY: the RingBuf owns its map fd and returns that same fd from as_raw_fd for as long
     // as it lives, and the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -127,6 +160,21 @@ pub async fn run(options: RunOptions) -> Result<()> {
         state_dir = %options.state_dir.display(),
         "capturing IMDS requests"
     );
+    // After attaching: the daemon's own requests are captured and marked as its own.
+    let identity = if options.identity {
+        identity::learn(identity::IMDS_ENDPOINT)
+    } else {
+        identity::unknown()
+    };
+    #[cfg(feature = "cloudwatch-logs")]
+    let shipper = match options.cloudwatch.take() {
+        Some(cloudwatch) => {
+            let shipper = ship(cloudwatch, &options, identity.clone())?;
+            pipeline = pipeline.with_unshipped(shipper.unshipped());
+            Some(shipper)
+        }
+        None => None,
+    };
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -135,6 +183,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
     let mut kernel_loss = [0; LOSS_COUNTERS as usize];
+    let mut metrics_due = Instant::now() + until_next_minute();
     // An error ends the loop but not the shutdown below: what was captured is still drained,
     // written and accounted for before the error is returned.
     let outcome = loop {
@@ -160,6 +209,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
                     loss_due = now + options.loss_report_interval;
                     read_loss(&loss, &mut kernel_loss);
                     pipeline.report_loss(kernel_loss);
+                }
+                if now >= metrics_due {
+                    metrics_due = now + until_next_minute();
+                    pipeline.flush_metrics(identity.borrow().as_deref());
                 }
                 if now >= ledger_due {
                     ledger_due = now + options.ledger_interval;
@@ -193,9 +246,45 @@ pub async fn run(options: RunOptions) -> Result<()> {
     pipeline.finish();
     read_loss(&loss, &mut kernel_loss);
     pipeline.report_loss(kernel_loss);
+    // The minute so far, so a stop loses none of it (CloudWatch adds it up per minute).
+    pipeline.flush_metrics(identity.borrow().as_deref());
     write_ledger(&mut pipeline, &options.state_dir, kernel_loss, true);
     pipeline.close();
+    // After the files are flushed: the shipper sends what they hold for a moment more.
+    #[cfg(feature = "cloudwatch-logs")]
+    if let Some(shipper) = shipper {
+        shipper.stop();
+    }
     outcome
+}
+
+#[cfg(feature = "cloudwatch-logs")]
+fn ship(
+    cloudwatch: CloudWatchOptions,
+    options: &RunOptions,
+    identity: identity::IdentityWatch,
+) -> Result<Shipper> {
+    Ok(Shipper::start(
+        ShipOptions {
+            events_file: options.log_file.clone().context(NEEDS_LOG_FILE)?,
+            events_log_group: cloudwatch.log_group,
+            metrics_file: options.metrics_file.clone(),
+            metrics_log_group: cloudwatch.metrics_log_group,
+            endpoint: cloudwatch.endpoint,
+            region: cloudwatch.region,
+            state_dir: options.state_dir.clone(),
+        },
+        identity,
+    )?)
+}
+
+/// Metrics lines fall on the minute, as CloudWatch aggregates them.
+fn until_next_minute() -> Duration {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    METRICS_INTERVAL
+        - Duration::from_nanos((since_epoch.as_nanos() % METRICS_INTERVAL.as_nanos()) as u64)
 }
 
 /// Writes the ledger and updates the status line. A failed write is logged, not fatal: the

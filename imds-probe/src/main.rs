@@ -11,8 +11,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use imds_probe::{
     capture::{BackendChoice, kernel_log::KernelLogLevel},
     config,
-    daemon::{self, RunOptions},
-    outputs::ledger::store,
+    daemon::{self, CloudWatchOptions, RunOptions},
+    outputs::{
+        cloudwatch::{
+            DEFAULT_EVENTS_LOG_GROUP, DEFAULT_METRICS_LOG_GROUP,
+            agent_config::{self, AgentConfigOptions},
+        },
+        ledger::store,
+        metrics::Dimensions,
+    },
     report,
 };
 use tracing_subscriber::EnvFilter;
@@ -70,6 +77,31 @@ enum Command {
         /// each is also counted as loss). Off (the default) costs the programs nothing.
         #[arg(long, value_enum, value_name = "LEVEL")]
         kernel_log: Option<KernelLogLevel>,
+        /// Write per-minute metrics in CloudWatch Embedded Metric Format to this file (never
+        /// the events file: see README, "A fleet in CloudWatch").
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+        /// Dimensions of the metrics: `fleet` (none; a fixed number of custom metrics) or
+        /// `per-instance` (also by InstanceId; custom metrics grow with the fleet).
+        #[arg(long, value_enum, default_value_t = Dimensions::Fleet)]
+        metrics_dimensions: Dimensions,
+        /// Do not ask the IMDS who this host is (instance id, region, account, AMI). By default
+        /// the daemon asks once, with IMDSv2 only, retrying in the background.
+        #[arg(long)]
+        no_identity: bool,
+        /// Ship the events (and metrics) files to CloudWatch Logs from the daemon itself, events
+        /// to this log group, one stream per instance. Needs --log-file: the file is the buffer.
+        #[arg(long, value_name = "NAME")]
+        cloudwatch_log_group: Option<String>,
+        /// Log group of the metrics file when shipping.
+        #[arg(long, value_name = "NAME", default_value = DEFAULT_METRICS_LOG_GROUP)]
+        cloudwatch_metrics_log_group: String,
+        /// CloudWatch Logs endpoint URL instead of the region's (VPC endpoints, tests).
+        #[arg(long, value_name = "URL")]
+        cloudwatch_endpoint: Option<String>,
+        /// Region to ship to, instead of $AWS_REGION or the instance's own.
+        #[arg(long, value_name = "REGION")]
+        cloudwatch_region: Option<String>,
     },
     /// Is it safe to require IMDSv2 here? Reads the ledger (the daemon may run or not).
     ///
@@ -90,6 +122,57 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// CloudWatch set-up (see README, "A fleet in CloudWatch").
+    Cloudwatch {
+        #[command(subcommand)]
+        command: CloudwatchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CloudwatchCommand {
+    /// Print the CloudWatch agent's configuration fragment for our files, for
+    /// `amazon-cloudwatch-agent-ctl -a append-config -m ec2 -c file:PATH -s`.
+    AgentConfig {
+        /// The events file, as given to `run --log-file`.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/var/log/imds-probe/events.jsonl"
+        )]
+        log_file: PathBuf,
+        /// The metrics file, as given to `run --metrics-file`.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/var/log/imds-probe/metrics.jsonl"
+        )]
+        metrics_file: PathBuf,
+        /// Log group of the events; one stream per instance.
+        #[arg(long, value_name = "NAME", default_value = DEFAULT_EVENTS_LOG_GROUP)]
+        log_group: String,
+        /// Log group of the metrics (EMF); one stream per instance.
+        #[arg(long, value_name = "NAME", default_value = DEFAULT_METRICS_LOG_GROUP)]
+        metrics_log_group: String,
+        /// Days the events are kept: one of CloudWatch's values (1, 3, 5, 7, 14, 30, 60, 90,
+        /// 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653; -1 = forever).
+        #[arg(
+            long,
+            value_name = "DAYS",
+            default_value_t = 30,
+            allow_negative_numbers = true
+        )]
+        retention_days: i32,
+        /// Days the raw metrics lines are kept (the metrics themselves live in CloudWatch
+        /// Metrics for 15 months whatever this says).
+        #[arg(
+            long,
+            value_name = "DAYS",
+            default_value_t = 7,
+            allow_negative_numbers = true
+        )]
+        metrics_retention_days: i32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -100,6 +183,30 @@ enum Format {
 
 /// `report`'s exit code when it cannot answer (0-2 are verdicts).
 const REPORT_ERROR: i32 = 3;
+
+fn cloudwatch(command: CloudwatchCommand) -> Result<()> {
+    match command {
+        CloudwatchCommand::AgentConfig {
+            log_file,
+            metrics_file,
+            log_group,
+            metrics_log_group,
+            retention_days,
+            metrics_retention_days,
+        } => {
+            let fragment = agent_config::render(&AgentConfigOptions {
+                events_file: log_file,
+                metrics_file,
+                events_log_group: log_group,
+                metrics_log_group,
+                retention_days,
+                metrics_retention_days,
+            })?;
+            println!("{fragment}");
+            Ok(())
+        }
+    }
+}
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -122,6 +229,13 @@ fn main() -> Result<()> {
             sensitive_words,
             output_group,
             kernel_log,
+            metrics_file,
+            metrics_dimensions,
+            no_identity,
+            cloudwatch_log_group,
+            cloudwatch_metrics_log_group,
+            cloudwatch_endpoint,
+            cloudwatch_region,
         } => {
             let file = load_config(config.as_deref())?;
             let mut words = file.attribution.sensitive_words;
@@ -145,12 +259,22 @@ fn main() -> Result<()> {
                 sensitive_words: words,
                 output_group: output_group.or(file.events.output_group),
                 kernel_log: kernel_log.unwrap_or(file.capture.kernel_log),
+                metrics_file,
+                metrics_dimensions,
+                identity: !no_identity,
+                cloudwatch: cloudwatch_log_group.map(|log_group| CloudWatchOptions {
+                    log_group,
+                    metrics_log_group: cloudwatch_metrics_log_group,
+                    endpoint: cloudwatch_endpoint,
+                    region: cloudwatch_region,
+                }),
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
                 .block_on(daemon::run(options))
         }
+        Command::Cloudwatch { command } => cloudwatch(command),
         Command::Report {
             format,
             since,

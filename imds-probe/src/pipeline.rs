@@ -7,6 +7,10 @@
 use std::{
     collections::HashSet,
     hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use crate::{
@@ -17,10 +21,12 @@ use crate::{
         records::Record,
         socket_budget::SocketBudget,
     },
+    host::identity::Identity,
     outputs::{
         event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
         ledger::{Ledger, store, window::Window},
         loss::LossCounts,
+        metrics::{Dimensions, MinuteCounts},
         sink::{Offer, Sink},
         summary::{Limiter, SummaryEvent},
     },
@@ -53,8 +59,14 @@ struct Emitter {
     /// Keys the hash that turns a connection's kernel identity (a socket cookie, or for the
     /// send hooks a kernel address that must not be disclosed) into the opaque id events carry.
     connection_ids: RandomState,
+    /// The daemon's own requests (its identity, the SDK's credentials) are marked as such.
+    own_pid: u32,
     clock: Clock,
     sink: Box<dyn Sink>,
+    /// Per-minute EMF metrics, where asked for.
+    metrics: Option<MetricsOutput>,
+    /// What the CloudWatch shipper could not ship, where it runs.
+    unshipped: Option<Arc<AtomicU64>>,
     /// User-space counters; the kernel's are merged in when reporting.
     counts: LossCounts,
     reported: LossCounts,
@@ -84,8 +96,11 @@ impl Pipeline {
             out: Emitter {
                 who,
                 connection_ids: RandomState::new(),
+                own_pid: std::process::id(),
                 clock,
                 sink,
+                metrics: None,
+                unshipped: None,
                 counts: LossCounts::default(),
                 reported: LossCounts::default(),
                 evicted_before: ledger.callers_evicted(),
@@ -94,6 +109,35 @@ impl Pipeline {
                 summaries: Vec::new(),
             },
             items: Vec::new(),
+        }
+    }
+
+    /// Also count requests per minute, written by `flush_metrics` to `sink` as EMF.
+    pub fn with_metrics(mut self, sink: Box<dyn Sink>, dimensions: Dimensions) -> Self {
+        self.out.metrics = Some(MetricsOutput {
+            counts: MinuteCounts::default(),
+            sink,
+            dimensions,
+        });
+        self
+    }
+
+    /// Also report what the CloudWatch shipper counts as unshipped.
+    pub fn with_unshipped(mut self, unshipped: Arc<AtomicU64>) -> Self {
+        self.out.unshipped = Some(unshipped);
+        self
+    }
+
+    /// Writes the minute's metrics line (if metrics are on) and starts the next minute.
+    pub fn flush_metrics(&mut self, identity: Option<&Identity>) {
+        if let Some(metrics) = self.out.metrics.as_mut() {
+            let now = self.out.clock.now().0;
+            let line = metrics.counts.take_line(now, metrics.dimensions, identity);
+            // One line a minute: a full queue or a dead writer is an output error, logged
+            // by the sink; the events' own loss accounting is not the place for it.
+            if metrics.sink.offer(line) != Offer::Queued {
+                tracing::warn!("the metrics line for this minute could not be queued");
+            }
         }
     }
 
@@ -248,6 +292,9 @@ impl Pipeline {
 
     pub fn close(mut self) {
         self.out.sink.close();
+        if let Some(metrics) = self.out.metrics.as_mut() {
+            metrics.sink.close();
+        }
     }
 
     /// SIGHUP: the log file is opened again (logrotate moved it).
@@ -287,6 +334,12 @@ impl Pipeline {
     }
 }
 
+struct MetricsOutput {
+    counts: MinuteCounts,
+    sink: Box<dyn Sink>,
+    dimensions: Dimensions,
+}
+
 impl Emitter {
     fn emit(&mut self, cookie: u64, connection: &Connection, ts: u64, items: &mut Vec<Item>) {
         for item in items.drain(..) {
@@ -295,6 +348,7 @@ impl Emitter {
                 remote: &connection.remote,
                 backend: connection.backend,
                 connection: self.connection_ids.hash_one(cookie),
+                own: connection.last_sender.pid == self.own_pid,
                 who: self.who.describe(&connection.last_sender, &self.clock),
             };
             let event = match item {
@@ -304,7 +358,17 @@ impl Emitter {
                 }
                 Item::Unknown(reason) => RequestEvent::unknown(reason, ctx),
             };
-            self.ledger.record(&event, ts);
+            if let Some(metrics) = self.metrics.as_mut().filter(|_| !event.own) {
+                let caller = (&event.who.process.exe, &event.who.systemd_unit);
+                metrics
+                    .counts
+                    .request(event.class, self.connection_ids.hash_one(caller));
+            }
+            // The daemon's own requests are not a caller's: they never count against the
+            // verdict.
+            if !event.own {
+                self.ledger.record(&event, ts);
+            }
             let full = match self.limiter.as_mut() {
                 Some(limiter) => limiter.admit(&event, ts, &self.clock, &mut self.summaries),
                 None => true,
@@ -407,6 +471,9 @@ impl Emitter {
         total.ledger_callers_evicted = self.ledger.callers_evicted() - self.evicted_before;
         total.set_kernel(kernel);
         total.output_errors += self.sink.output_errors();
+        if let Some(unshipped) = &self.unshipped {
+            total.cloudwatch_unshipped = unshipped.load(Ordering::Relaxed);
+        }
         total
     }
 
@@ -418,6 +485,9 @@ impl Emitter {
             return;
         }
         tracing::warn!(?since_last, ?total, "events were lost");
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.counts.lost(since_last.sum());
+        }
         self.reported = total;
         self.write(&LossEvent {
             ts: self.clock.now(),

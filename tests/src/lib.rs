@@ -5,7 +5,7 @@
 //! the test fails. Tests wait for events with a deadline, never a fixed sleep.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus, Output},
     sync::{Mutex, MutexGuard},
     time::Duration,
@@ -200,11 +200,45 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `imds-probe run` with `args` and waits for READY=1.
+    /// Starts `imds-probe run` with `args` in the host's network namespace and waits for
+    /// READY=1. It does not ask who the host is: from here, that would be a request to a real
+    /// 169.254.169.254.
     pub fn start(args: &[&str]) -> Self {
         let mut command = Command::new(binary("imds-probe"));
-        command.arg("run").args(args);
+        command.arg("run").arg("--no-identity").args(args);
         Self::start_command(command)
+    }
+
+    /// Starts `imds-probe run` with `args` inside `ns`, where 169.254.169.254 is the test's
+    /// fake IMDS: the daemon learns its identity there, and the AWS SDK its credentials (no
+    /// credentials or config files, nothing from this process's environment). Nothing but
+    /// the namespace's loopback is reachable from there. `log_file` (kept across restarts)
+    /// replaces the temporary one.
+    pub fn start_in(ns: &Netns, args: &[&str], log_file: Option<&Path>) -> Self {
+        let mut command = ns.command(binary("imds-probe"));
+        command
+            .arg("run")
+            .arg("--every-request")
+            .args(args)
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_CONFIG_FILE", "/nonexistent");
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_EC2_METADATA_DISABLED",
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ] {
+            command.env_remove(var);
+        }
+        Self::launch(command, log_file)
     }
 
     /// Starts `command`, which must exec `imds-probe run` in place (setpriv, say), with a
@@ -213,24 +247,24 @@ impl Daemon {
     /// `command` names a `--state-dir`.
     pub fn start_command(mut command: Command) -> Self {
         command.arg("--every-request");
-        Self::launch(command)
+        Self::launch(command, None)
     }
 
     /// As `start`, without `--every-request`: request events are limited per caller and
     /// minute, as the daemon's defaults say.
     pub fn start_raw(args: &[&str]) -> Self {
         let mut command = Command::new(binary("imds-probe"));
-        command.arg("run").args(args);
-        Self::launch(command)
+        command.arg("run").arg("--no-identity").args(args);
+        Self::launch(command, None)
     }
 
-    fn launch(mut command: Command) -> Self {
+    fn launch(mut command: Command, log_file: Option<&Path>) -> Self {
         // A test that failed while holding the turn poisons it; the next one may still run.
         let turn = ONE_DAEMON
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = TempDir::new("test-daemon").or_panic();
-        let log_file = dir.join("logs/events.jsonl");
+        let log_file = log_file.map_or_else(|| dir.join("logs/events.jsonl"), Path::to_owned);
         command.arg("--log-file").arg(&log_file);
         if !command.get_args().any(|arg| arg == "--state-dir") {
             command.arg("--state-dir").arg(dir.join("state"));

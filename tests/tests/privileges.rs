@@ -46,7 +46,13 @@ fn without_dac_read_search_cgroups_are_null_and_said_once() {
             "--inh-caps=-dac_read_search",
         ])
         .arg(binary("imds-probe"))
-        .args(["run", "--backend", &imds_probe_tests::backend().0]);
+        // In the host's namespace: asking who the host is would reach a real 169.254.169.254.
+        .args([
+            "run",
+            "--no-identity",
+            "--backend",
+            &imds_probe_tests::backend().0,
+        ]);
     let daemon = Daemon::start_command(command);
     let url = "http://169.254.169.254/latest/meta-data/instance-id";
     let mut pids = Vec::new();

@@ -1,7 +1,10 @@
 //! Developer tasks for imds-probe, run as `cargo xtask <task>` (an alias in .cargo/config.toml).
 
 mod bench;
+mod boot;
 mod cmd;
+mod files;
+mod package;
 mod sdk;
 mod setup;
 mod test;
@@ -59,6 +62,11 @@ enum Task {
     /// Setup, build, then the overhead benchmark inside the same VMs, for the backends that
     /// only load there, as ratios to no probe.
     VmBench(vm::BenchOptions),
+    /// Setup, package, then the packaged daemon in real systemd boots under qemu: the earliest
+    /// IMDS callers caught, restarts under load, boot time with and without it.
+    BootTest(boot::Options),
+    /// Setup, then static (musl) binaries, a .deb and an .rpm in target/dist, with SHA256SUMS.
+    Package,
     /// Setup, build, then measure as root: overhead, capacity, latency, startup (or all).
     Bench(bench::BenchArgs),
 }
@@ -98,6 +106,14 @@ fn run(task: Task) -> Result<()> {
             vm::bench(&Workspace::new()?, &opts)
         }
         Task::Bench(args) => bench::run(args),
+        Task::BootTest(opts) => {
+            setup::run()?;
+            boot::run(&Workspace::new()?, &opts)
+        }
+        Task::Package => {
+            setup::run()?;
+            package::run(&Workspace::new()?).map(drop)
+        }
     }
 }
 

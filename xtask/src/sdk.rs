@@ -1,7 +1,8 @@
-//! The AWS SDKs the integration tests drive as real IMDS clients: botocore from PyPI (a current
-//! one, and 1.12.253, the last before IMDSv2 support, for the `report` tests) and the
-//! JavaScript SDK v3's IMDS credential provider from npm, pinned, installed into the lasting
-//! prefix (not the system's site-packages or a global node_modules).
+//! Python and JavaScript packages the integration tests drive, pinned, installed into the
+//! lasting prefix (not the system's site-packages or a global node_modules): botocore (a
+//! current one, and 1.12.253, the last before IMDSv2 support, for the `report` tests) and the
+//! JavaScript SDK v3's IMDS credential provider as real IMDS clients; moto's server as the
+//! local stand-in for CloudWatch Logs and cfn-lint for the CloudFormation template.
 
 use std::{path::Path, process::Command};
 
@@ -9,40 +10,59 @@ use anyhow::Result;
 
 use crate::{cmd, setup::PREFIX};
 
-const BOTOCORE: &str = "botocore==1.44.8";
-/// Fetches credentials without a token: what `report` must call not_safe.
-const BOTOCORE_PRE_IMDSV2: &str = "botocore==1.12.253";
-const JS_IMDS_PROVIDER: &str = "@aws-sdk/credential-provider-imds@3.374.0";
-
-/// `PYTHONPATH` for botocore; tests/tests/sdks.rs reads the same path.
-fn python_dir() -> String {
-    format!("{PREFIX}/sdk/python")
+/// A pip install into a directory of its own, for `PYTHONPATH`; `marker` is a directory the
+/// install creates, to tell whether it is there.
+struct PipTarget {
+    packages: &'static [&'static str],
+    /// Under PREFIX; tests/ reads the same path.
+    dir: &'static str,
+    marker: &'static str,
 }
+
+const PIP_TARGETS: &[PipTarget] = &[
+    PipTarget {
+        packages: &["botocore==1.44.8"],
+        dir: "sdk/python",
+        marker: "botocore",
+    },
+    // Fetches credentials without a token: what `report` must call not_safe
+    // (tests/tests/report.rs reads the same path).
+    PipTarget {
+        packages: &["botocore==1.12.253"],
+        dir: "sdk/python-botocore-1.12",
+        marker: "botocore",
+    },
+    // Their own directory: moto brings a botocore of its own, which must not replace the pinned
+    // one above.
+    PipTarget {
+        packages: &["moto[server]==5.2.1", "cfn-lint==1.51.0"],
+        dir: "cloudwatch/python",
+        marker: "cfnlint",
+    },
+];
+
+const JS_IMDS_PROVIDER: &str = "@aws-sdk/credential-provider-imds@3.374.0";
 
 /// `--prefix` of the npm install; tests/tests/sdks.rs reads the same path.
 fn node_dir() -> String {
     format!("{PREFIX}/sdk/node")
 }
 
-/// `PYTHONPATH` for botocore 1.12.253; tests/tests/report.rs reads the same path.
-fn old_python_dir() -> String {
-    format!("{PREFIX}/sdk/python-botocore-1.12")
-}
-
-fn pip_install(spec: &str, target: &str) -> Result<()> {
-    if Path::new(target).join("botocore").is_dir() {
-        println!("ok: {spec} (PyPI) in {target}");
-        return Ok(());
-    }
-    println!("installing: {spec} (PyPI) into {target}");
-    cmd::run(
-        Command::new("python3").args(["-m", "pip", "install", "--quiet", "--target", target, spec]),
-    )
-}
-
 pub fn install() -> Result<()> {
-    pip_install(BOTOCORE, &python_dir())?;
-    pip_install(BOTOCORE_PRE_IMDSV2, &old_python_dir())?;
+    for target in PIP_TARGETS {
+        let dir = format!("{PREFIX}/{}", target.dir);
+        let what = target.packages.join(" ");
+        if Path::new(&dir).join(target.marker).is_dir() {
+            println!("ok: {what} (PyPI) in {dir}");
+            continue;
+        }
+        println!("installing: {what} (PyPI) into {dir}");
+        cmd::run(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--target", &dir])
+                .args(target.packages),
+        )?;
+    }
     let node = node_dir();
     if Path::new(&node)
         .join("node_modules/@aws-sdk/credential-provider-imds")

@@ -39,11 +39,20 @@ pub const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "debian-archive-keyring",
+    // `cargo xtask package` checks its .rpm with rpm; the boot test builds its Debian root
+    // with mmdebstrap.
+    "rpm",
+    "mmdebstrap",
 ];
+
+/// Cargo subcommands `cargo xtask package` builds the packages with, pinned like bpf-linker.
+const PACKAGERS: &[(&str, &str)] = &[("cargo-deb", "3.8.0"), ("cargo-generate-rpm", "0.21.1")];
 
 pub fn run() -> Result<()> {
     rust_src()?;
+    musl_target()?;
     bpf_linker()?;
+    packagers()?;
     apt_packages()?;
     crate::sdk::install()
 }
@@ -82,6 +91,51 @@ fn rust_src() -> Result<()> {
     }
     println!("installing: rust-src ({NIGHTLY})");
     cmd::run(rustup().args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// The standard library for the packages' static build (`cargo xtask package`), for the
+/// toolchain that builds the daemon.
+fn musl_target() -> Result<()> {
+    let target = crate::package::MUSL_TARGET;
+    let installed = cmd::output(rustup().args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|line| line.trim() == target) {
+        println!("ok: rust target {target}");
+        return Ok(());
+    }
+    println!("installing: rust target {target}");
+    cmd::run(rustup().args(["target", "add", target]))
+}
+
+/// cargo-deb and cargo-generate-rpm in PREFIX/bin, which every build's PATH starts with.
+fn packagers() -> Result<()> {
+    for &(tool, version) in PACKAGERS {
+        let binary = Path::new(PREFIX).join("bin").join(tool);
+        let found = cmd::output(Command::new(&binary).arg("--version")).ok();
+        // Both print "NAME VERSION" (cargo-deb without the "cargo-" prefix).
+        if found
+            .as_deref()
+            .is_some_and(|found| found.trim().ends_with(version))
+        {
+            println!("ok: {tool} {version}");
+            continue;
+        }
+        println!("installing: {tool} {version} in {PREFIX}");
+        cmd::run(
+            Command::new(cmd::cargo())
+                // Outside the workspace, so the project's .cargo/config.toml does not shape it.
+                .current_dir(PREFIX)
+                .args([
+                    "install",
+                    tool,
+                    "--version",
+                    version,
+                    "--locked",
+                    "--root",
+                    PREFIX,
+                ]),
+        )?;
+    }
+    Ok(())
 }
 
 /// The nightly toolchain's shared libLLVM, which bpf-linker must share with rustc.

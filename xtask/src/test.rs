@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, setup, vm, workspace::Workspace};
+use crate::{cmd, package, setup, vm, workspace::Workspace};
 
 /// What a stage's failure means for the stages after it.
 #[derive(Clone, Copy, PartialEq)]
@@ -30,6 +30,7 @@ const STAGES: &[Stage] = &[
     Stage("clippy-ebpf", Kind::Lint, clippy_ebpf),
     Stage("build", Kind::Prerequisite, build),
     Stage("test", Kind::Check, test),
+    Stage("package", Kind::Check, |ws| package::run(ws).map(drop)),
     // Every kernel with every backend.
     Stage("vm-test", Kind::Vm, |ws| {
         vm::test(ws, &vm::Options::default())

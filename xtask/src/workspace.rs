@@ -45,8 +45,17 @@ impl Workspace {
         cmd
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// target/release, absolute, wherever CARGO_TARGET_DIR or a config file moved target/.
     pub fn release_dir(&self) -> Result<PathBuf> {
+        Ok(self.target_dir()?.join("release"))
+    }
+
+    /// target/, absolute, wherever CARGO_TARGET_DIR or a config file moved it.
+    pub fn target_dir(&self) -> Result<PathBuf> {
         let metadata =
             cmd::output(
                 self.cargo()
@@ -57,7 +66,7 @@ impl Workspace {
         let target = metadata["target_directory"]
             .as_str()
             .context("cargo metadata has no target_directory")?;
-        Ok(Path::new(target).join("release"))
+        Ok(PathBuf::from(target))
     }
 
     /// Builds the release daemon (the eBPF object comes along through build.rs) and the test

@@ -54,8 +54,13 @@ pub fn check() -> Result<(), PrivilegeError> {
     if !missing.is_empty() {
         return Err(PrivilegeError::Missing(missing));
     }
+    // The unit sets LimitMEMLOCK=infinity, which makes raising the limit unnecessary.
+    let memlock_unlimited =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+            .is_ok_and(|(soft, _)| soft == nix::sys::resource::RLIM_INFINITY);
     for (capability, name, cost) in USEFUL {
-        if !effective.contains(capability) {
+        let moot = capability == CapabilitySet::SYS_RESOURCE && memlock_unlimited;
+        if !effective.contains(capability) && !moot {
             tracing::warn!("running without {name}: {cost}");
         }
     }

@@ -41,6 +41,10 @@ pub struct RequestEvent {
     /// Ties the requests of one connection together: an opaque number (a keyed hash of the
     /// kernel's identity for the connection, which is not disclosed), stable within one run.
     pub connection: u64,
+    /// The daemon's own request (learning who this host is, or credentials for shipping):
+    /// written only when true; never a caller to fix.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub own: bool,
     /// `process`, `parents`, `cgroup`, `systemd_unit`, `container`.
     #[serde(flatten)]
     pub who: Attribution,
@@ -52,6 +56,7 @@ pub struct Context<'a> {
     pub remote: &'a Remote,
     pub backend: Backend,
     pub connection: u64,
+    pub own: bool,
     pub who: Attribution,
 }
 
@@ -95,6 +100,7 @@ impl RequestEvent {
             socket_family: ctx.remote.family,
             backend: ctx.backend,
             connection: ctx.connection,
+            own: ctx.own,
             who: ctx.who,
         }
     }

@@ -42,6 +42,9 @@ pub struct LossCounts {
     pub writer_gone: u64,
     /// User space: callers dropped from the full ledger (their counts are gone).
     pub ledger_callers_evicted: u64,
+    /// Shipping: lines CloudWatch Logs refused (too old, too new, past retention) or that no
+    /// log event can hold. A network outage is not a loss: the file keeps them.
+    pub cloudwatch_unshipped: u64,
 }
 
 impl LossCounts {
@@ -79,7 +82,19 @@ impl LossCounts {
             ledger_callers_evicted: self
                 .ledger_callers_evicted
                 .saturating_sub(earlier.ledger_callers_evicted),
+            cloudwatch_unshipped: self
+                .cloudwatch_unshipped
+                .saturating_sub(earlier.cloudwatch_unshipped),
         }
+    }
+
+    /// Everything counted, all kinds together (the `LostEvents` metric).
+    pub fn sum(&self) -> u64 {
+        self.unseen()
+            .saturating_add(self.queue_full)
+            .saturating_add(self.output_errors)
+            .saturating_add(self.writer_gone)
+            .saturating_add(self.cloudwatch_unshipped)
     }
 
     /// What may have kept a request out of the ledger, or its caller from being known: every

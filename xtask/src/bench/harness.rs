@@ -166,11 +166,28 @@ pub fn logging_daemon(ctx: &Ctx, backend: &str, log: &Path, tag: &str) -> Result
 /// ledger directory in the scratch directory. While another imds-probe (an integration test, say) holds the
 /// one-per-host lock, retries for up to two minutes.
 pub fn start_daemon(ctx: &Ctx, args: &[&str], tag: &str) -> Result<Daemon> {
-    start_daemon_from(ctx, &ctx.bins.daemon, args, tag)
+    start_daemon_from(ctx, &ctx.bins.daemon, args, &[], tag)
 }
 
-/// [`start_daemon`] with the daemon binary at `daemon` (another build's, say).
-pub fn start_daemon_from(ctx: &Ctx, daemon: &Path, args: &[&str], tag: &str) -> Result<Daemon> {
+/// `start_daemon` with these environment variables set for the daemon.
+pub fn start_daemon_with_env(
+    ctx: &Ctx,
+    args: &[&str],
+    env: &[(&str, &str)],
+    tag: &str,
+) -> Result<Daemon> {
+    start_daemon_from(ctx, &ctx.bins.daemon, args, env, tag)
+}
+
+/// [`start_daemon`] with the daemon binary at `daemon` (another build's, say) and these
+/// environment variables.
+pub fn start_daemon_from(
+    ctx: &Ctx,
+    daemon: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    tag: &str,
+) -> Result<Daemon> {
     let until = Instant::now() + Duration::from_secs(120);
     let mut noted = false;
     loop {
@@ -178,10 +195,14 @@ pub fn start_daemon_from(ctx: &Ctx, daemon: &Path, args: &[&str], tag: &str) -> 
         let mut command = Command::new(daemon);
         command
             .arg("run")
+            // Benchmarks run in the host's namespace: asking who the host is would be a
+            // request to a real 169.254.169.254.
+            .arg("--no-identity")
             // The benchmark's own ledger, not the host's.
             .arg("--state-dir")
             .arg(ctx.tmp.join(&format!("{tag}.state")))
-            .args(args);
+            .args(args)
+            .envs(env.iter().copied());
         match Daemon::start(command, ctx.tmp.path(), tag, Stdout::Discard) {
             Err(Error::Locked) if Instant::now() < until => {
                 if !std::mem::replace(&mut noted, true) {

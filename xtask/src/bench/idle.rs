@@ -133,6 +133,7 @@ fn measure(ctx: &Ctx, daemon_bin: &Path, load: Load, window: Duration) -> Result
         ctx,
         daemon_bin,
         &["--no-stdout", "--log-file", &log],
+        &[],
         "idle",
     )?;
     sleep(SETTLE)?;

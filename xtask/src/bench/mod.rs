@@ -1,6 +1,6 @@
-//! `cargo xtask bench [overhead|capacity|latency|startup|processes|clients|idle|log-volume|all]`: numbers measured side by side
-//! in one run, printed as tables with medians and spreads. Nothing here asserts a speed; the
-//! targets are printed next to the numbers for a reader to judge.
+//! `cargo xtask bench [overhead|capacity|latency|startup|processes|clients|idle|log-volume|shipping|all]`:
+//! numbers measured side by side in one run, printed as tables with medians and spreads. Nothing
+//! here asserts a speed; the targets are printed next to the numbers for a reader to judge.
 //!
 //! Every IMDS request goes to a network namespace this run creates, with 169.254.169.254 and
 //! fd00:ec2::254 on its own loopback, and deletes at the end (also on error or Ctrl-C): no
@@ -15,6 +15,7 @@ mod log_volume;
 mod overhead;
 mod processes;
 mod procfs;
+mod shipping;
 mod startup;
 mod stats;
 
@@ -84,6 +85,8 @@ enum Which {
     Idle,
     /// Bytes of events per request: one caller polling 10/s, 100 callers, --every-request.
     LogVolume,
+    /// What shipping to CloudWatch Logs (moto stands in) costs the daemon; not in `all`.
+    Shipping,
     All,
 }
 
@@ -168,6 +171,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Which::Clients => clients::run(&ctx)?,
             Which::Idle => idle::run(&ctx, args.baseline_dir.as_deref())?,
             Which::LogVolume => log_volume::run(&ctx)?,
+            Which::Shipping => shipping::run(&ctx)?,
             Which::All => unreachable!("expanded above"),
         }
     }

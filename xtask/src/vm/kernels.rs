@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cmd;
+use crate::{
+    cmd,
+    files::{copy, remove_dir_if_present},
+};
 
 /// Lasting, so a CI machine that is handed back keeps its kernels; target/ is wiped too often.
 pub const CACHE_DIR: &str = "/var/cache/imds-probe/vm";
@@ -461,26 +464,11 @@ fn prune(kernel_dir: &Path, keep_stem: &str) -> Result<()> {
     Ok(())
 }
 
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    fs::copy(from, to)
-        .map(drop)
-        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
-}
-
 fn write_if_changed(path: &Path, contents: &[u8]) -> Result<()> {
     if fs::read(path).is_ok_and(|current| current == contents) {
         return Ok(());
     }
     fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
-}
-
-pub fn remove_dir_if_present(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => {
-            Err(err).with_context(|| format!("removing {}", path.display()))
-        }
-        _ => Ok(()),
-    }
 }
 
 fn first_line(text: &str) -> &str {

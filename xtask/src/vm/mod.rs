@@ -7,8 +7,8 @@
 //! serial console, and panic and hang detection on the host side.
 
 mod initramfs;
-mod kernels;
-mod qemu;
+pub mod kernels;
+pub mod qemu;
 
 use std::{
     fmt::Write as _,
@@ -319,8 +319,9 @@ fn run(ws: &Workspace, opts: &Options, job: &Job) -> Result<()> {
 }
 
 /// Two vm-tests at once would share the cache's apt state and target/vm, and each would get
-/// half the CPU under the tests' 20 s deadlines: a second one waits for the first.
-fn lock() -> Result<fs::File> {
+/// half the CPU under the tests' 20 s deadlines: a second one waits for the first. The boot
+/// test takes it too, for the same cache and the same CPU.
+pub fn lock() -> Result<fs::File> {
     let path = Path::new(kernels::CACHE_DIR).join(".lock");
     fs::create_dir_all(kernels::CACHE_DIR)
         .with_context(|| format!("creating {} (run vm-test as root)", kernels::CACHE_DIR))?;
@@ -393,6 +394,11 @@ fn build_binaries(ws: &Workspace) -> Result<Executables> {
         .map(|name| ((*name).to_owned(), release.join(name)))
         .collect())
 }
+
+/// Test targets that run on the host only: CloudWatch's are about user space (the agent's
+/// fragment, the template, shipping to moto), and need moto, cfn-lint and the repository's
+/// files, none of which the VM has.
+const HOST_ONLY_TESTS: &[&str] = &["cloudwatch"];
 
 /// Builds the integration tests. Returns every executable of a tests/*.rs target (so a new
 /// test file is picked up without touching this).

@@ -44,7 +44,7 @@ const QEMU_ARGS: &[&str] = &[
 /// panic=-1 reboots at once on a panic, which -no-reboot turns into qemu exiting.
 /// loglevel=5 rather than `quiet`: it still hides the boot chatter, but shows KERN_WARNING,
 /// the level of WARN() splats, which are often the first sign of a kernel going wrong.
-const KERNEL_ARGS: &str = "console=ttyS0 panic=-1 loglevel=5";
+pub const KERNEL_ARGS: &str = "console=ttyS0 panic=-1 loglevel=5";
 
 /// Console lines that mean the kernel itself went wrong, whatever the tests say.
 const KERNEL_FAULTS: &[&str] = &[
@@ -69,6 +69,20 @@ const LOG_LIMIT_BYTES: u64 = 128 << 20;
 
 /// After init says it is done, or the kernel panics, qemu should be gone within this.
 const EXIT_GRACE: Duration = Duration::from_secs(30);
+
+/// `emulator` with its data and module directories and the machine every VM gets; the caller
+/// adds the kernel, its command line and the root.
+pub fn command(emulator: &Emulator) -> Command {
+    let mut qemu = Command::new(&emulator.program);
+    for dir in &emulator.data_dirs {
+        qemu.arg("-L").arg(dir);
+    }
+    if let Some(dir) = &emulator.module_dir {
+        qemu.env("QEMU_MODULE_DIR", dir);
+    }
+    qemu.args(QEMU_ARGS);
+    qemu
+}
 
 pub struct Boot<'a> {
     pub emulator: &'a Emulator,
@@ -149,15 +163,8 @@ pub struct Run {
 
 impl Boot<'_> {
     pub fn command(&self) -> Command {
-        let mut qemu = Command::new(&self.emulator.program);
-        for dir in &self.emulator.data_dirs {
-            qemu.arg("-L").arg(dir);
-        }
-        if let Some(dir) = &self.emulator.module_dir {
-            qemu.env("QEMU_MODULE_DIR", dir);
-        }
-        qemu.args(QEMU_ARGS)
-            .arg("-kernel")
+        let mut qemu = command(self.emulator);
+        qemu.arg("-kernel")
             .arg(self.vmlinuz)
             .arg("-initrd")
             .arg(self.initrd)

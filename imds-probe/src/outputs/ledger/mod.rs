@@ -273,6 +273,7 @@ pub(crate) mod tests {
                 remote: &remote,
                 backend: Backend::SkMsg,
                 connection: 1,
+                own: false,
                 who,
             },
         )

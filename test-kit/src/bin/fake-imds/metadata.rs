@@ -62,8 +62,18 @@ const IDENTITY_DOCUMENT: &str = concat!(
 );
 
 /// The body at `path`, which has its query and any trailing slash already removed:
-/// like real IMDS, directories and leaves answer with or without one.
+/// like real IMDS, directories and leaves answer with or without one. Like real IMDS, every
+/// dated API version (`/2009-04-04/meta-data/...`, which cloud-init's Ec2 datasource crawls)
+/// serves the tree `/latest` does.
 pub fn lookup(path: &str) -> Option<&'static str> {
+    let latest;
+    let path = match dated_version(path) {
+        Some(rest) => {
+            latest = format!("/latest{rest}");
+            latest.as_str()
+        }
+        None => path,
+    };
     let body = match path {
         "" => "latest",
         "/latest" => "dynamic\nmeta-data",
@@ -96,12 +106,49 @@ pub fn lookup(path: &str) -> Option<&'static str> {
     Some(body)
 }
 
+/// What follows `/YYYY-MM-DD` at the start of `path`, if it starts with an API version.
+fn dated_version(path: &str) -> Option<&str> {
+    let version = path.strip_prefix('/')?.get(..10)?;
+    let shape = version.bytes().enumerate().all(|(at, byte)| match at {
+        4 | 7 => byte == b'-',
+        _ => byte.is_ascii_digit(),
+    });
+    let rest = &path[11..];
+    (shape && (rest.is_empty() || rest.starts_with('/'))).then_some(rest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn json(path: &str) -> serde_json::Value {
         serde_json::from_str(lookup(path).expect("served")).expect("valid JSON")
+    }
+
+    #[test]
+    fn dated_versions_serve_the_latest_tree() {
+        for (dated, latest) in [
+            (
+                "/2009-04-04/meta-data/instance-id",
+                "/latest/meta-data/instance-id",
+            ),
+            ("/2021-03-23/meta-data", "/latest/meta-data"),
+            ("/2021-03-23", "/latest"),
+            (
+                "/2021-03-23/dynamic/instance-identity/document",
+                "/latest/dynamic/instance-identity/document",
+            ),
+        ] {
+            assert_eq!(lookup(dated), lookup(latest), "{dated}");
+            assert!(lookup(dated).is_some(), "{dated}");
+        }
+        for not_dated in [
+            "/2009-4-04/meta-data",
+            "/2009-04-04x/meta-data",
+            "/20090404ab/x",
+        ] {
+            assert_eq!(lookup(not_dated), None, "{not_dated}");
+        }
     }
 
     #[test]
