@@ -3,8 +3,12 @@
 mod bench;
 mod boot;
 mod cmd;
+<<<<<<< Updated upstream
 mod files;
 mod package;
+=======
+mod fuzz;
+>>>>>>> Stashed changes
 mod sdk;
 mod setup;
 mod test;
@@ -69,6 +73,9 @@ enum Task {
     Package,
     /// Setup, build, then measure as root: overhead, capacity, latency, startup (or all).
     Bench(bench::BenchArgs),
+    /// Setup, then the cargo-fuzz targets in fuzz/, one after the other, with executions,
+    /// coverage and time per target.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +113,7 @@ fn run(task: Task) -> Result<()> {
             vm::bench(&Workspace::new()?, &opts)
         }
         Task::Bench(args) => bench::run(args),
+<<<<<<< Updated upstream
         Task::BootTest(opts) => {
             setup::run()?;
             boot::run(&Workspace::new()?, &opts)
@@ -113,6 +121,11 @@ fn run(task: Task) -> Result<()> {
         Task::Package => {
             setup::run()?;
             package::run(&Workspace::new()?).map(drop)
+=======
+        Task::Fuzz(opts) => {
+            setup::run()?;
+            fuzz::run(&Workspace::new()?, &opts)
+>>>>>>> Stashed changes
         }
     }
 }

@@ -52,7 +52,11 @@ pub fn run() -> Result<()> {
     rust_src()?;
     musl_target()?;
     bpf_linker()?;
+<<<<<<< Updated upstream
     packagers()?;
+=======
+    cargo_fuzz()?;
+>>>>>>> Stashed changes
     apt_packages()?;
     crate::sdk::install()
 }
@@ -65,6 +69,31 @@ pub fn build_path() -> Result<OsString> {
     let rest = env::split_paths(&current).filter(|dir| *dir != bin);
     env::join_paths(std::iter::once(bin.clone()).chain(rest))
         .context("PATH holds an entry with ':'")
+}
+
+/// Pinned like bpf-linker: the version `cargo xtask fuzz` was verified with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz, for the fuzz targets in fuzz/ (`cargo xtask fuzz`, and the test's smoke stage).
+fn cargo_fuzz() -> Result<()> {
+    let installed = Command::new(cmd::cargo())
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).trim()
+                    == format!("cargo-fuzz {CARGO_FUZZ_VERSION}")
+        });
+    if installed {
+        return Ok(());
+    }
+    cmd::run(Command::new(cmd::cargo()).args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
 }
 
 fn rustup() -> Command {

@@ -5,7 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+<<<<<<< Updated upstream
 use crate::{cmd, package, setup, vm, workspace::Workspace};
+=======
+use crate::{cmd, fuzz, setup, vm, workspace::Workspace};
+>>>>>>> Stashed changes
 
 /// What a stage's failure means for the stages after it.
 #[derive(Clone, Copy, PartialEq)]
@@ -30,7 +34,12 @@ const STAGES: &[Stage] = &[
     Stage("clippy-ebpf", Kind::Lint, clippy_ebpf),
     Stage("build", Kind::Prerequisite, build),
     Stage("test", Kind::Check, test),
+<<<<<<< Updated upstream
     Stage("package", Kind::Check, |ws| package::run(ws).map(drop)),
+=======
+    // Every fuzz target for a few seconds: the long runs are `cargo xtask fuzz --runs N`.
+    Stage("fuzz-smoke", Kind::Check, fuzz::smoke),
+>>>>>>> Stashed changes
     // Every kernel with every backend.
     Stage("vm-test", Kind::Vm, |ws| {
         vm::test(ws, &vm::Options::default())

@@ -28,6 +28,10 @@ impl Workspace {
         })
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `cargo` in the workspace root, with bpf-linker on PATH.
     pub fn cargo(&self) -> Command {
         let mut cmd = Command::new(cmd::cargo());
