@@ -9,7 +9,10 @@ use std::{
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use imds_probe::{
-    capture::{BackendChoice, kernel_log::KernelLogLevel},
+    capture::{
+        BackendChoice,
+        kernel_log::{self, KernelLogLevel},
+    },
     config,
     daemon::{self, RunOptions},
     outputs::ledger::store,
@@ -104,7 +107,10 @@ const REPORT_ERROR: i32 = 3;
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("IMDS_PROBE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("IMDS_PROBE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info"))
+                // `--kernel-log` chooses what the programs write; all of it is shown.
+                .add_directive(format!("{}=trace", kernel_log::TARGET).parse()?),
         )
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal: journald and log files keep escape codes.
