@@ -1,4 +1,5 @@
-//! A connection to the IMDS closed: user space frees its state.
+//! A connection to the IMDS closed (`KIND_CLOSE`): user space frees its state. Also the layout
+//! of `KIND_OPEN`, a connection sock_ops enrolled.
 
 use crate::record::RecordHeader;
 

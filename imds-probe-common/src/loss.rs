@@ -5,7 +5,7 @@ pub const LOSS_MAP: &str = "LOSS";
 
 /// A send record did not fit in the ring buffer.
 pub const LOSS_RING_BUFFER_SEND: u32 = 0;
-/// A close record did not fit in the ring buffer.
+/// A close or open record did not fit in the ring buffer.
 pub const LOSS_RING_BUFFER_CLOSE: u32 = 1;
 /// A send was larger than `MAX_CHUNKS_PER_SEND` chunks; the tail was not captured.
 pub const LOSS_SEND_TRUNCATED: u32 = 2;

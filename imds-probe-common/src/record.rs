@@ -18,6 +18,9 @@ pub const KIND_EXEC: u32 = 3;
 pub const KIND_FORK: u32 = 4;
 /// A process's main thread exited ([`crate::process::ExitRecord`]).
 pub const KIND_EXIT: u32 = 5;
+/// sock_ops enrolled a new connection to the IMDS in the socket hash, laid out as
+/// [`crate::close::Close`]: user space keeps room in the hash for the next one.
+pub const KIND_OPEN: u32 = 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

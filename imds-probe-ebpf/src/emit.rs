@@ -12,7 +12,7 @@ use aya_ebpf::{
 use imds_probe_common::{
     close::Close,
     loss::{LOSS_READ_FAILED, LOSS_RING_BUFFER_CLOSE, LOSS_RING_BUFFER_SEND},
-    record::{KIND_CLOSE, KIND_SEND, RecordHeader},
+    record::{KIND_CLOSE, KIND_OPEN, KIND_SEND, RecordHeader},
     send::{CHUNK_BYTES, SendChunk, SendRecord},
 };
 
@@ -145,13 +145,23 @@ pub fn header(kind: u32, backend: u32) -> RecordHeader {
 }
 
 pub fn emit_close(backend: u32, cookie: u64) {
+    emit_connection(KIND_CLOSE, backend, cookie);
+}
+
+/// sock_ops enrolled `cookie`. It wakes the reader like a close: user space must hear of a
+/// flood of new connections in time to make room in the socket hash.
+pub fn emit_open(backend: u32, cookie: u64) {
+    emit_connection(KIND_OPEN, backend, cookie);
+}
+
+fn emit_connection(kind: u32, backend: u32, cookie: u64) {
     let Some(mut entry) = EVENTS.reserve::<Close>(0) else {
         count_loss(LOSS_RING_BUFFER_CLOSE);
-        diagnostics::ring_buffer_full("close", size_of::<Close>() as u32);
+        diagnostics::ring_buffer_full("close or open", size_of::<Close>() as u32);
         return;
     };
     entry.write(Close {
-        header: header(KIND_CLOSE, backend),
+        header: header(kind, backend),
         cookie,
     });
     entry.submit(WAKE_READER);

@@ -65,10 +65,12 @@ fn capture(ctx: &SkMsgContext) {
         (*state).offset = base + u64::from(covered);
         (*state).next_chunk = next_chunk;
     }
-    if split {
-        // SAFETY: `ctx.msg` is the program's context.
-        unsafe { bpf_msg_apply_bytes(ctx.msg, CHUNK) };
-    }
+    // On every run, not only when splitting: a re-run sees the same message, whose apply_bytes
+    // an earlier run set to CHUNK. A last chunk shorter than that would leave the difference
+    // applied to the start of the next send, which the kernel then passes without running
+    // the program (tcp_bpf_send_verdict): bytes unseen, and offsets that do not show it.
+    // SAFETY: `ctx.msg` is the program's context.
+    unsafe { bpf_msg_apply_bytes(ctx.msg, covered) };
     let peer = Peer::new(&raw);
     let meta = SendMeta {
         backend: BACKEND_SK_MSG,

@@ -21,7 +21,7 @@ use imds_probe_common::{
 use crate::{
     conn::{self, Peer, RawPeer},
     diagnostics,
-    emit::emit_close,
+    emit::{emit_close, emit_open},
     maps::{IMDS_SOCKETS, count_loss},
 };
 
@@ -84,7 +84,9 @@ fn on_established(ctx: &SockOpsContext) {
         conn::forget(sk);
         count_loss(LOSS_CONNECTION_UNTRACKED);
         diagnostics::connection_untracked(cookie, "socket hash or callbacks refused it");
+        return;
     }
+    emit_open(BACKEND_SK_MSG, initial.cookie);
 }
 
 fn on_close(ctx: &SockOpsContext) {

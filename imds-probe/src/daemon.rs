@@ -7,7 +7,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
 use imds_probe_common::loss::LOSS_COUNTERS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -187,7 +190,7 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
         tokio::select! {
             readable = ring.readable_mut() => match readable {
                 Ok(mut guard) => {
-                    drain(guard.get_inner_mut(), &mut pipeline);
+                    drain(guard.get_inner_mut(), &mut pipeline, Some(&mut ebpf));
                     guard.clear_ready();
                 }
                 Err(error) => break Err(anyhow::Error::new(error).context("waiting on the ring buffer")),
@@ -195,7 +198,7 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
             now = tick.tick() => {
                 // First: the sends before a close, and the process records before any later
                 // send, are in the ring buffer already.
-                drain(ring.get_mut(), &mut pipeline);
+                drain(ring.get_mut(), &mut pipeline, Some(&mut ebpf));
                 if !enrolled.is_empty() {
                     for cookie in capture::sk_msg::closed(&ebpf, &mut enrolled) {
                         pipeline.closed_unreported(cookie);
@@ -239,7 +242,7 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
 
     tracing::info!("stopping: detaching programs and draining the ring buffer");
     drop(ebpf);
-    drain(ring.get_mut(), &mut pipeline);
+    drain(ring.get_mut(), &mut pipeline, None);
     pipeline.finish();
     read_loss(&loss, &mut kernel_loss);
     pipeline.report_loss(kernel_loss);
@@ -301,8 +304,18 @@ fn write_ledger(
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+/// Hands every record in the ring buffer to the pipeline. While the programs are attached
+/// (`ebpf`), it also takes the sockets the pipeline gives up out of the socket hash, as soon
+/// as it does: a flood of connections is met while it arrives, not after.
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, mut ebpf: Option<&mut Ebpf>) {
     while let Some(record) = ring.next() {
         pipeline.handle(&record);
+        drop(record);
+        if let Some(ebpf) = ebpf.as_deref_mut() {
+            let victims = pipeline.evict_idle_sockets();
+            if !victims.is_empty() {
+                capture::sk_msg::evict(ebpf, &victims);
+            }
+        }
     }
 }

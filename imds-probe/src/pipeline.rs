@@ -19,6 +19,7 @@ use crate::{
         Backend,
         open_connections::{MAX_REPORTED, Scan},
         records::Record,
+        socket_budget::SocketBudget,
     },
     host::identity::Identity,
     outputs::{
@@ -36,8 +37,17 @@ use crate::{
     },
 };
 
+/// Bytes of partial request heads held across all connections at most. Each connection may
+/// hold 64 KiB, so 16,384 connections could otherwise hold 1 GiB; real IMDS requests are a few
+/// hundred bytes, so only a deliberate flood of unfinished heads ever reaches this.
+pub const MAX_HELD_HEAD_BYTES: usize = 32 * 1024 * 1024;
+
 pub struct Pipeline {
     connections: ConnectionTable,
+    /// The sum of every connection's `RequestStream::held_bytes`.
+    held_head_bytes: usize,
+    /// The kernel's socket hash, as sk_msg's open and send records show it.
+    sockets: SocketBudget,
     out: Emitter,
     items: Vec<Item>,
 }
@@ -81,6 +91,8 @@ impl Pipeline {
     ) -> Self {
         Self {
             connections: ConnectionTable::new(MAX_CONNECTIONS),
+            held_head_bytes: 0,
+            sockets: SocketBudget::default(),
             out: Emitter {
                 who,
                 connection_ids: RandomState::new(),
@@ -143,6 +155,9 @@ impl Pipeline {
                     &chunk.comm,
                 );
                 let ts = chunk.header.ts_ns;
+                if backend == Backend::SkMsg {
+                    self.sockets.used(chunk.cookie);
+                }
                 let (connection, evicted) = self.connections.entry(chunk.cookie, || Connection {
                     stream: RequestStream::default(),
                     offsets: StreamOffsets::for_backend(backend),
@@ -162,15 +177,27 @@ impl Pipeline {
                     send_size = chunk.send_size,
                     "send chunk"
                 );
+                let held_before = connection.stream.held_bytes();
                 connection.stream.feed(offset, data, &mut self.items);
+                self.held_head_bytes =
+                    self.held_head_bytes - held_before + connection.stream.held_bytes();
+                if self.held_head_bytes > MAX_HELD_HEAD_BYTES {
+                    self.held_head_bytes -= connection.stream.held_bytes();
+                    self.out.counts.heads_shed += 1;
+                    connection
+                        .stream
+                        .finish(UnknownReason::HeadsShed, &mut self.items);
+                }
                 self.out.emit(chunk.cookie, connection, ts, &mut self.items);
                 if let Some((cookie, mut old)) = evicted {
                     self.out.counts.connections_evicted += 1;
+                    self.held_head_bytes -= old.stream.held_bytes();
                     old.stream.finish(UnknownReason::Evicted, &mut self.items);
                     self.out.emit(cookie, &old, ts, &mut self.items);
                 }
             }
             Ok(Record::Close(close)) => self.close_connection(close.cookie, close.header.ts_ns),
+            Ok(Record::Open(open)) => self.sockets.used(open.cookie),
             Ok(Record::Exec(exec)) => self.out.who.exec(*exec),
             Ok(Record::Fork(fork)) => self.out.who.fork(fork),
             Ok(Record::Exit(exit)) => self.out.who.exit(exit),
@@ -216,10 +243,35 @@ impl Pipeline {
     /// The connection `cookie` closed at `ts_ns`: a head in flight is `unknown`.
     fn close_connection(&mut self, cookie: u64, ts_ns: u64) {
         tracing::debug!(cookie, "close");
+        self.sockets.forget(cookie);
+        self.end_connection(cookie, ts_ns, UnknownReason::IncompleteAtClose);
+    }
+
+    /// Chooses the sockets to take out of the kernel's socket hash so that new connections
+    /// find room there (`SocketBudget`), counts them, and ends their streams here: a head in
+    /// flight on one is `unknown` (`evicted`). Returns their cookies for the kernel.
+    pub fn evict_idle_sockets(&mut self) -> Vec<u64> {
+        let victims = self.sockets.over_budget();
+        if victims.is_empty() {
+            return victims;
+        }
+        let now = self.out.clock.monotonic_ns();
+        for &cookie in &victims {
+            self.end_connection(cookie, now, UnknownReason::Evicted);
+        }
+        self.out.counts.sockets_evicted += victims.len() as u64;
+        tracing::debug!(
+            count = victims.len(),
+            left = self.sockets.len(),
+            "evicting idle sockets"
+        );
+        victims
+    }
+
+    fn end_connection(&mut self, cookie: u64, ts_ns: u64, reason: UnknownReason) {
         if let Some(mut connection) = self.connections.remove(cookie) {
-            connection
-                .stream
-                .finish(UnknownReason::IncompleteAtClose, &mut self.items);
+            self.held_head_bytes -= connection.stream.held_bytes();
+            connection.stream.finish(reason, &mut self.items);
             self.out.emit(cookie, &connection, ts_ns, &mut self.items);
         }
     }
@@ -228,6 +280,7 @@ impl Pipeline {
     /// the event limiter is summarised.
     pub fn finish(&mut self) {
         let now = self.out.clock.monotonic_ns();
+        self.held_head_bytes = 0;
         for (cookie, mut connection) in self.connections.drain() {
             connection
                 .stream

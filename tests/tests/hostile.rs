@@ -71,3 +71,38 @@ fn written_files_are_closed_to_other_users() {
     assert_eq!(dir.mode() & 0o7777, 0o750, "log directory mode");
     assert_eq!(dir.gid(), gid, "log directory group");
 }
+
+/// A send of 40,000 bytes is captured in 4 KiB chunks and ends on a short one (3,136 bytes).
+/// sk_msg used to leave the rest of that chunk's 4 KiB applied to the next send, whose first
+/// 960 bytes then passed unseen while the offsets stayed contiguous: a request hidden there
+/// had no event. Every request must have one.
+#[test]
+fn a_large_send_hides_nothing_of_the_next() {
+    let backend = backend().0;
+    let Some(t) = Setup::with_daemon_args("optional", &[], &["--backend", &backend]) else {
+        return;
+    };
+    let code = r#"
+import socket
+s = socket.create_connection(("169.254.169.254", 80))
+head = b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+body = 40000 - len(head % 40000)
+s.sendall(head % body + b"b" * body)
+hidden = b"GET /hidden-v1 HTTP/1.1\r\nHost: x\r\nX-Pad: "
+hidden += b"p" * (960 - len(hidden) - 4) + b"\r\n\r\n"
+assert len(hidden) == 960
+tail = b"GET /after HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: abc\r\nConnection: close\r\n\r\n"
+s.sendall(hidden + tail)
+s.shutdown(socket.SHUT_WR)
+while s.recv(65536): pass
+"#;
+    let pid = t.python(code);
+    let events = t.requests_from(pid);
+    let paths: Vec<&str> = events
+        .iter()
+        .map(|e| e["path"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(paths, ["/big", "/hidden-v1", "/after"], "{events:#?}");
+    assert_eq!(events[1]["class"], "imdsv1");
+    assert_eq!(events[2]["class"], "imdsv2");
+}

@@ -9,6 +9,7 @@ pub(crate) mod process_fd;
 pub mod records;
 pub mod send_hook;
 pub mod sk_msg;
+pub mod socket_budget;
 
 use std::collections::HashSet;
 

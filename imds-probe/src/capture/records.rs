@@ -7,7 +7,7 @@ use imds_probe_common::{
     backend::{Backend, UnknownBackend},
     close::Close,
     process::{ExecRecord, ExitRecord, ForkRecord},
-    record::{KIND_CLOSE, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_SEND, RecordHeader},
+    record::{KIND_CLOSE, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_OPEN, KIND_SEND, RecordHeader},
     send::{SEND_CHUNK_HEADER_BYTES, SendChunk},
 };
 
@@ -24,6 +24,8 @@ pub enum Record<'a> {
         data: &'a [u8],
     },
     Close(Close),
+    /// sock_ops enrolled a connection (the `Close` layout).
+    Open(Close),
     // Boxed: an exec is several hundred bytes and the others are small.
     Exec(Box<ExecInfo>),
     Fork(ForkInfo),
@@ -76,6 +78,7 @@ impl<'a> TryFrom<&'a [u8]> for Record<'a> {
                 })
             }
             KIND_CLOSE => Ok(Record::Close(read(bytes)?)),
+            KIND_OPEN => Ok(Record::Open(read(bytes)?)),
             KIND_EXEC => Ok(Record::Exec(Box::new(exec_info(&read(bytes)?)))),
             KIND_FORK => {
                 let fork: ForkRecord = read(bytes)?;
@@ -191,8 +194,17 @@ pub(crate) mod encode {
     }
 
     pub fn close(backend: Backend, ts_ns: u64, cookie: u64) -> Vec<u8> {
+        connection(KIND_CLOSE, backend, ts_ns, cookie)
+    }
+
+    /// sock_ops enrolled `cookie`.
+    pub fn open(ts_ns: u64, cookie: u64) -> Vec<u8> {
+        connection(KIND_OPEN, Backend::SkMsg, ts_ns, cookie)
+    }
+
+    fn connection(kind: u32, backend: Backend, ts_ns: u64, cookie: u64) -> Vec<u8> {
         bytes(&Close {
-            header: header(KIND_CLOSE, backend, ts_ns),
+            header: header(kind, backend, ts_ns),
             cookie,
         })
     }
@@ -326,18 +338,22 @@ mod tests {
     }
 
     #[test]
-    fn decodes_close() {
-        let close = Close {
+    fn decodes_close_and_open() {
+        let record = |kind| Close {
             header: RecordHeader {
-                kind: KIND_CLOSE,
+                kind,
                 backend: 1,
                 ts_ns: 1,
             },
             cookie: 9,
         };
         assert!(matches!(
-            Record::try_from(&as_bytes(&close)[..]),
+            Record::try_from(&as_bytes(&record(KIND_CLOSE))[..]),
             Ok(Record::Close(Close { cookie: 9, .. }))
+        ));
+        assert!(matches!(
+            Record::try_from(&as_bytes(&record(KIND_OPEN))[..]),
+            Ok(Record::Open(Close { cookie: 9, .. }))
         ));
     }
 

@@ -129,6 +129,23 @@ pub fn closed(ebpf: &Ebpf, enrolled: &mut Vec<u64>) -> Vec<u64> {
     closed
 }
 
+/// Takes `cookies` out of the socket hash (see `socket_budget`): sk_msg no longer runs on their
+/// sends. Their socket storage stays, so sock_ops still reports their close. Returns how many
+/// were still there (the others closed meanwhile).
+pub fn evict(ebpf: &mut Ebpf, cookies: &[u64]) -> usize {
+    let sockets: Result<SockHash<&mut MapData, u64>, _> = map(ebpf, IMDS_SOCKETS_MAP);
+    match sockets {
+        Ok(mut sockets) => cookies
+            .iter()
+            .filter(|cookie| sockets.remove(cookie).is_ok())
+            .count(),
+        Err(error) => {
+            tracing::error!(error = %Causes(&error), "cannot evict idle sockets");
+            0
+        }
+    }
+}
+
 /// Who enrolled a socket the scan found.
 enum Enrolment {
     /// The daemon, just now: no program will report its close. Its cookie.

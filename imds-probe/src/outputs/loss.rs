@@ -26,6 +26,12 @@ pub struct LossCounts {
     pub decode_errors: u64,
     /// User space: connections dropped from a full connection table.
     pub connections_evicted: u64,
+    /// sk_msg: idle sockets taken out of the socket hash to keep room for new connections;
+    /// their later sends are not seen (see `capture::socket_budget`).
+    pub sockets_evicted: u64,
+    /// User space: partial request heads given up because all connections together held
+    /// `MAX_HELD_HEAD_BYTES` (32 MiB); each is an `unknown` event with reason `heads_shed`.
+    pub heads_shed: u64,
     /// User space: processes dropped from a full process table.
     pub processes_evicted: u64,
     /// User space: events dropped because the output queue was full.
@@ -65,6 +71,8 @@ impl LossCounts {
             connections_evicted: self
                 .connections_evicted
                 .saturating_sub(earlier.connections_evicted),
+            sockets_evicted: self.sockets_evicted.saturating_sub(earlier.sockets_evicted),
+            heads_shed: self.heads_shed.saturating_sub(earlier.heads_shed),
             processes_evicted: self
                 .processes_evicted
                 .saturating_sub(earlier.processes_evicted),

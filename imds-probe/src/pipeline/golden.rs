@@ -518,3 +518,56 @@ proptest! {
         }
     }
 }
+
+/// Past the socket hash's high-water mark the longest-idle sockets give up their place: the
+/// one with a request in flight says so (`evicted`), the newest keep theirs, all are counted.
+#[test]
+fn idle_sockets_give_up_their_place_in_the_socket_hash() {
+    use crate::capture::socket_budget::{HIGH_WATER, LOW_WATER};
+    let from = sk_msg_sender(PYTHON, 1000, CRON_CGROUP);
+    let mut records = vec![encode::open(at(1), 1), send(1, 1, from, 0, b"GET /latest/")];
+    records.extend((2..=HIGH_WATER as u64 + 1).map(|cookie| encode::open(at(2), cookie)));
+    let mut run = Run::new().feed(&records);
+    let victims = run.pipeline.evict_idle_sockets();
+    assert_eq!(victims.len(), HIGH_WATER + 1 - LOW_WATER);
+    assert_eq!(victims[0], 1, "the longest idle goes first");
+    assert!(
+        !victims.contains(&(HIGH_WATER as u64 + 1)),
+        "the newest stays"
+    );
+    assert!(
+        run.pipeline.evict_idle_sockets().is_empty(),
+        "back under the mark"
+    );
+    let lines = run.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(r#""reason":"evicted""#), "{}", lines[0]);
+    run.pipeline.report_loss([0; LOSS_COUNTERS as usize]);
+    let loss = run.lines().pop().unwrap();
+    let expected = format!(r#""sockets_evicted":{}"#, victims.len());
+    assert!(loss.contains(&expected), "{loss}");
+}
+
+/// Partial heads across all connections are capped: the connection that goes over gives its
+/// head up (`heads_shed`), the others keep theirs.
+#[test]
+fn held_heads_are_capped_across_connections() {
+    use super::MAX_HELD_HEAD_BYTES;
+    let from = sk_msg_sender(PYTHON, 1000, CRON_CGROUP);
+    // Just under the per-connection limit, so each is held, not refused.
+    let partial = [b"GET /".as_slice(), &[b'a'; 64_000]].concat();
+    let fits = MAX_HELD_HEAD_BYTES / partial.len();
+    let records: Vec<Vec<u8>> = (0..=fits as u64)
+        .map(|cookie| send(1, 100 + cookie, from, 0, &partial))
+        .collect();
+    let mut run = Run::new().feed(&records);
+    let lines = run.lines();
+    assert_eq!(lines.len(), 1, "only the one over the cap: {lines:?}");
+    assert!(
+        lines[0].contains(r#""reason":"heads_shed""#),
+        "{}",
+        lines[0]
+    );
+    run.pipeline.report_loss([0; LOSS_COUNTERS as usize]);
+    assert!(run.lines().pop().unwrap().contains(r#""heads_shed":1"#));
+}

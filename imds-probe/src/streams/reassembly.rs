@@ -29,10 +29,14 @@ pub enum UnknownReason {
     /// The previous request's body was not length-delimited, so where the next request
     /// starts is unknown.
     UndelimitedBody,
-    /// The connection was dropped from a full connection table mid-request.
+    /// The connection was dropped mid-request from a full connection table, or its socket
+    /// from the kernel's socket hash (`capture::socket_budget`).
     Evicted,
     /// The daemon stopped in the middle of a request head.
     IncompleteAtShutdown,
+    /// Partial heads held across all connections reached their cap (`MAX_HELD_HEAD_BYTES`):
+    /// the connection that went over gave its up.
+    HeadsShed,
 }
 
 impl From<Invalid> for UnknownReason {
