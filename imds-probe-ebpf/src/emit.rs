@@ -58,14 +58,21 @@ pub enum Memory {
 /// `len` must be at most `CHUNK_BYTES`.
 #[inline(always)]
 pub fn emit_chunk(meta: &SendMeta, stream_offset: u64, src: *const u8, len: u32) {
-    if (len as usize) <= SMALL_CHUNK {
+    let stored = if (len as usize) <= SMALL_CHUNK {
         emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len, Memory::Kernel)
     } else {
         emit_sized::<{ CHUNK_BYTES }>(meta, stream_offset, src, len, Memory::Kernel)
+    };
+    if !stored {
+        diagnostics::ring_buffer_full("send", len);
     }
 }
 
-/// Copies up to `N` bytes at `src` into one record of payload capacity `N`.
+/// Copies up to `N` bytes at `src` into one record of payload capacity `N`. Returns false
+/// when the ring buffer had no room (already counted), so that a caller may log it: this
+/// function must call no other BPF function, because the send hooks inline it into unrolled
+/// loops, and the verifiers of 5.10 and 6.1 (not 6.12) then lose their state pruning.
+/// With one such call in their loops, fentry took over 400 s to verify on 5.10 under emulation.
 #[inline(always)]
 pub fn emit_sized<const N: usize>(
     meta: &SendMeta,
@@ -73,11 +80,10 @@ pub fn emit_sized<const N: usize>(
     src: *const u8,
     len: u32,
     memory: Memory,
-) {
+) -> bool {
     let Some(mut entry) = EVENTS.reserve::<SendRecord<N>>(0) else {
         count_loss(LOSS_RING_BUFFER_SEND);
-        diagnostics::ring_buffer_full("send", len);
-        return;
+        return false;
     };
     let record = entry.as_mut_ptr();
     let len = if (len as usize) > N { N as u32 } else { len };
@@ -122,6 +128,7 @@ pub fn emit_sized<const N: usize>(
         entry.discard(0);
         count_loss(LOSS_READ_FAILED);
     }
+    true
 }
 
 /// A record with no bytes that ends at `end`: whatever no record carried before it is a gap
@@ -130,7 +137,8 @@ pub fn emit_sized<const N: usize>(
 /// record, as the send hooks already reserve it: a second size there costs verifier work.
 #[inline(always)]
 pub fn emit_gap_end(meta: &SendMeta, end: u64) {
-    emit_sized::<{ CHUNK_BYTES }>(meta, end, core::ptr::null(), 0, Memory::Kernel)
+    // A refused gap marker is counted; the send it ends is logged, if at all, by its caller.
+    emit_sized::<{ CHUNK_BYTES }>(meta, end, core::ptr::null(), 0, Memory::Kernel);
 }
 
 /// A record header stamped now.

@@ -28,7 +28,6 @@ use imds_probe_common::{
 };
 
 use crate::{
-    diagnostics,
     emit::{Memory, SendMeta, emit_close, emit_gap_end, emit_sized},
     kernel::{global, read, read_ptr},
     maps::{HOOKED_SOCKETS, count_loss},
@@ -233,7 +232,7 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
             read(iter, global(&OFF_ITER_NR_SEGS)),
         )
     } else {
-        diagnostics::send_unreadable(iter_type, count);
+        // Counted, not logged: see `emit_sized` on why the send hooks call no BPF function.
         mark_lost(&meta, seq, count, LOSS_SEND_UNREADABLE);
         return;
     };
