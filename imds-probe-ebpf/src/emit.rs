@@ -59,26 +59,28 @@ pub enum Memory {
 #[inline(always)]
 pub fn emit_chunk(meta: &SendMeta, stream_offset: u64, src: *const u8, len: u32) {
     let stored = if (len as usize) <= SMALL_CHUNK {
-        emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len, Memory::Kernel)
+        emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len, 0, Memory::Kernel)
     } else {
-        emit_sized::<{ CHUNK_BYTES }>(meta, stream_offset, src, len, Memory::Kernel)
+        emit_sized::<{ CHUNK_BYTES }>(meta, stream_offset, src, len, 0, Memory::Kernel)
     };
     if !stored {
         diagnostics::ring_buffer_full("send", len);
     }
 }
 
-/// Copies up to `N` bytes at `src` into one record of payload capacity `N`. Returns false
-/// when the ring buffer had no room (already counted), so that a caller may log it: this
-/// function must call no other BPF function, because the send hooks inline it into unrolled
-/// loops, and the verifiers of 5.10 and 6.1 (not 6.12) then lose their state pruning.
-/// With one such call in their loops, fentry took over 400 s to verify on 5.10 under emulation.
+/// Copies up to `N` bytes at `src` into one record of payload capacity `N`, followed by
+/// `lost` bytes of the connection that were not captured. Returns false when the ring buffer
+/// had no room (already counted), so that a caller may log it: this function must call no
+/// other BPF function, because the send hooks inline it into unrolled loops, and the verifiers
+/// of 5.10 and 6.1 (not 6.12) then lose their state pruning. With one such call in their
+/// loops, fentry took over 400 s to verify on 5.10 under emulation.
 #[inline(always)]
 pub fn emit_sized<const N: usize>(
     meta: &SendMeta,
     stream_offset: u64,
     src: *const u8,
     len: u32,
+    lost: u32,
     memory: Memory,
 ) -> bool {
     let Some(mut entry) = EVENTS.reserve::<SendRecord<N>>(0) else {
@@ -103,7 +105,7 @@ pub fn emit_sized<const N: usize>(
             family: meta.family,
             send_size: meta.send_size,
             len,
-            _pad: 0,
+            lost,
         };
         let dst = (*record).data.as_mut_ptr().cast();
         match memory {
@@ -131,14 +133,22 @@ pub fn emit_sized<const N: usize>(
     true
 }
 
-/// A record with no bytes that ends at `end`: whatever no record carried before it is a gap
-/// that user space sees now, attributed to this sender, rather than at a later send or never
-/// (a lost tail at the end of a connection would otherwise hide its requests). The full-size
-/// record, as the send hooks already reserve it: a second size there costs verifier work.
+/// A record with no bytes that says `lost` bytes from `stream_offset` on were sent and not
+/// captured: user space reports the request they held now, attributed to this sender, even
+/// when they are the first bytes of the connection or its last (a lost tail would otherwise
+/// hide its requests). The full-size record, as the send hooks already reserve it: a second
+/// size there costs verifier work.
 #[inline(always)]
-pub fn emit_gap_end(meta: &SendMeta, end: u64) {
-    // A refused gap marker is counted; the send it ends is logged, if at all, by its caller.
-    emit_sized::<{ CHUNK_BYTES }>(meta, end, core::ptr::null(), 0, Memory::Kernel);
+pub fn emit_lost(meta: &SendMeta, stream_offset: u64, lost: u32) {
+    // A refused marker is counted; the send it ends is logged, if at all, by its caller.
+    emit_sized::<{ CHUNK_BYTES }>(
+        meta,
+        stream_offset,
+        core::ptr::null(),
+        0,
+        lost,
+        Memory::Kernel,
+    );
 }
 
 /// A record header stamped now.

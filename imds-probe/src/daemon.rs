@@ -8,7 +8,6 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use imds_probe_common::loss::LOSS_COUNTERS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -25,6 +24,7 @@ use crate::{
     outputs::{
         event::Clock,
         ledger::{Ledger, store, window::Window},
+        loss::KernelLoss,
         metrics::Dimensions,
         sink::{Outputs, WriterThread},
         summary::Limiter,
@@ -179,7 +179,7 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     let mut ledger_due = Instant::now() + options.ledger_interval;
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
-    let mut kernel_loss = [0; LOSS_COUNTERS as usize];
+    let mut kernel_loss = KernelLoss::default();
     let mut metrics_due = Instant::now() + until_next_minute();
     // An error ends the loop but not the shutdown below: what was captured is still drained,
     // written and accounted for before the error is returned.
@@ -204,8 +204,8 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
                 pipeline.tick();
                 if now >= loss_due {
                     loss_due = now + options.loss_report_interval;
-                    read_loss(&loss, &mut kernel_loss);
-                    pipeline.report_loss(kernel_loss);
+                    read_loss(&loss, Some(&ebpf), &mut kernel_loss);
+                    pipeline.report_loss(&kernel_loss);
                 }
                 if now >= metrics_due {
                     metrics_due = now + until_next_minute();
@@ -213,8 +213,8 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
                 }
                 if now >= ledger_due {
                     ledger_due = now + options.ledger_interval;
-                    read_loss(&loss, &mut kernel_loss);
-                    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, false);
+                    read_loss(&loss, Some(&ebpf), &mut kernel_loss);
+                    write_ledger(&mut pipeline, &options.state_dir, &kernel_loss, false);
                 }
             }
             _ = hangup.recv() => {
@@ -238,14 +238,16 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     };
 
     tracing::info!("stopping: detaching programs and draining the ring buffer");
+    // The programs' skip counts go with them.
+    read_loss(&loss, Some(&ebpf), &mut kernel_loss);
     drop(ebpf);
     drain(ring.get_mut(), &mut pipeline);
     pipeline.finish();
-    read_loss(&loss, &mut kernel_loss);
-    pipeline.report_loss(kernel_loss);
+    read_loss(&loss, None, &mut kernel_loss);
+    pipeline.report_loss(&kernel_loss);
     // The minute so far, so a stop loses none of it (CloudWatch adds it up per minute).
     pipeline.flush_metrics(identity.borrow().as_deref());
-    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, true);
+    write_ledger(&mut pipeline, &options.state_dir, &kernel_loss, true);
     pipeline.close();
     // After the files are flushed: the shipper sends what they hold for a moment more.
     #[cfg(feature = "cloudwatch-logs")]
@@ -289,7 +291,7 @@ fn until_next_minute() -> Duration {
 fn write_ledger(
     pipeline: &mut Pipeline,
     state_dir: &Path,
-    kernel_loss: [u64; LOSS_COUNTERS as usize],
+    kernel_loss: &KernelLoss,
     stopped: bool,
 ) {
     if let Err(error) = pipeline.write_ledger(state_dir, kernel_loss, stopped) {

@@ -24,7 +24,7 @@ use crate::{
     outputs::{
         event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
         ledger::{Ledger, store, window::Window},
-        loss::LossCounts,
+        loss::{KernelLoss, LossCounts},
         metrics::{Dimensions, MinuteCounts},
         sink::{Offer, Sink},
         summary::{Limiter, SummaryEvent},
@@ -159,10 +159,13 @@ impl Pipeline {
                     raw_offset = chunk.stream_offset,
                     offset,
                     len = data.len(),
+                    lost = chunk.lost,
                     send_size = chunk.send_size,
                     "send chunk"
                 );
-                connection.stream.feed(offset, data, &mut self.items);
+                connection
+                    .stream
+                    .feed(offset, data, u64::from(chunk.lost), &mut self.items);
                 self.out.emit(chunk.cookie, connection, ts, &mut self.items);
                 if let Some((cookie, mut old)) = evicted {
                     self.out.counts.connections_evicted += 1;
@@ -192,7 +195,7 @@ impl Pipeline {
     }
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
-    pub fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+    pub fn report_loss(&mut self, kernel: &KernelLoss) {
         self.out.report_loss(kernel);
     }
 
@@ -258,7 +261,7 @@ impl Pipeline {
     pub fn write_ledger(
         &mut self,
         state_dir: &std::path::Path,
-        kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize],
+        kernel: &KernelLoss,
         stopped: bool,
     ) -> Result<(), store::StoreError> {
         let lost = self.out.total_loss(kernel).unseen();
@@ -408,11 +411,8 @@ impl Emitter {
         }
     }
 
-    /// Everything lost since this run began, the kernel's `kernel` counters merged in.
-    fn total_loss(
-        &self,
-        kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize],
-    ) -> LossCounts {
+    /// Everything lost since this run began, the kernel's `kernel` counts merged in.
+    fn total_loss(&self, kernel: &KernelLoss) -> LossCounts {
         let mut total = self.counts;
         total.processes_evicted = self.who.evicted();
         total.ledger_callers_evicted = self.ledger.callers_evicted() - self.evicted_before;
@@ -425,7 +425,7 @@ impl Emitter {
     }
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
-    fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+    fn report_loss(&mut self, kernel: &KernelLoss) {
         let total = self.total_loss(kernel);
         let since_last = total.since(&self.reported);
         if since_last.is_zero() {

@@ -33,7 +33,13 @@ const TESTS_PACKAGE: &str = "imds-probe-tests";
 
 /// Binaries the tests and benchmarks start: the daemon and the test kit's servers and clients
 /// (`Workspace::build_binaries`).
-const BINS: &[&str] = &["imds-probe", "fake-imds", "imds-load", "uring-client"];
+const BINS: &[&str] = &[
+    "imds-probe",
+    "fake-imds",
+    "imds-load",
+    "uring-client",
+    "burst-client",
+];
 
 /// Debian's bpftool, if the host has it.
 const BPFTOOL: &str = "/usr/sbin/bpftool";
@@ -50,6 +56,10 @@ pub struct Options {
     /// Backend to test (repeatable): sk-msg, fentry, kprobe. Default: all.
     #[arg(long = "backend", value_name = "NAME")]
     backends: Vec<String>,
+    /// Integration test file to run (repeatable), by its name in tests/tests/ without `.rs`
+    /// (e.g. `send_hooks`). Default: all.
+    #[arg(long = "test", value_name = "NAME")]
+    tests: Vec<String>,
     /// Keep target/vm/initrd.gz after the run and print the qemu command lines, to boot a
     /// kernel again by hand.
     #[arg(long)]
@@ -68,6 +78,7 @@ impl Default for Options {
         Self {
             kernels: Vec::new(),
             backends: Vec::new(),
+            tests: Vec::new(),
             keep: false,
             timeout: DEFAULT_TIMEOUT_SECS,
             system_qemu: false,
@@ -151,7 +162,7 @@ fn run(ws: &Workspace, opts: &Options, job: &Job) -> Result<()> {
     };
 
     let mut bins = build_binaries(ws)?;
-    let mut tests = build_tests(ws)?;
+    let mut tests = selected_tests(build_tests(ws)?, &opts.tests)?;
     if bench.is_some() {
         // The benchmark is this very program, run inside the VM with the clients it starts.
         tests.clear();
@@ -360,6 +371,27 @@ fn selected_kernels(names: &[String]) -> Result<Vec<&'static kernels::KernelSpec
             })
         })
         .collect()
+}
+
+/// The test executables named in `names` (all when none is), in cargo's order.
+fn selected_tests(tests: Executables, names: &[String]) -> Result<Executables> {
+    if let Some(unknown) = names
+        .iter()
+        .find(|name| !tests.iter().any(|(test, _)| test == *name))
+    {
+        bail!(
+            "no integration test {unknown:?}; there are: {}",
+            tests
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(tests
+        .into_iter()
+        .filter(|(name, _)| names.is_empty() || names.contains(name))
+        .collect())
 }
 
 fn selected_backends(names: &[String]) -> Result<Vec<&'static str>> {
