@@ -162,15 +162,27 @@ pub fn header(kind: u32, backend: u32) -> RecordHeader {
     }
 }
 
-pub fn emit_close(backend: u32, cookie: u64) {
+/// A connection's close; false when the ring buffer had no room (counted). Calls no BPF
+/// function, as the send hooks use it too (see `emit_sized`).
+#[inline(always)]
+pub fn emit_close(backend: u32, cookie: u64) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Close>(0) else {
         count_loss(LOSS_RING_BUFFER_CLOSE);
-        diagnostics::ring_buffer_full("close", size_of::<Close>() as u32);
-        return;
+        return false;
     };
     entry.write(Close {
         header: header(KIND_CLOSE, backend),
         cookie,
     });
     entry.submit(WAKE_READER);
+    true
+}
+
+/// `emit_close` with a refusal logged, for the programs that close connections (not the
+/// send hooks).
+#[inline(always)]
+pub fn emit_close_logged(backend: u32, cookie: u64) {
+    if !emit_close(backend, cookie) {
+        diagnostics::ring_buffer_full("close", size_of::<Close>() as u32);
+    }
 }

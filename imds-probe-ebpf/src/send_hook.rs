@@ -31,7 +31,7 @@ use imds_probe_common::{
 };
 
 use crate::{
-    emit::{Memory, SendMeta, emit_close, emit_lost, emit_sized},
+    emit::{Memory, SendMeta, emit_close, emit_close_logged, emit_lost, emit_sized},
     kernel::{global, read, read_ptr},
     maps::{HOOKED_SOCKETS, HookedSocket, count_loss},
 };
@@ -152,7 +152,7 @@ pub fn imds_sock_state(ctx: RawTracePointContext) -> i32 {
         // SAFETY: the value is copied out before the entry is removed.
         if let Some(hooked) = unsafe { HOOKED_SOCKETS.get(sk) }.copied() {
             let _ = HOOKED_SOCKETS.remove(sk);
-            emit_close(hooked.backend, hooked.identity);
+            emit_close_logged(hooked.backend, hooked.identity);
         }
     }
     0
@@ -186,6 +186,7 @@ fn on_new_connection(sk: u64, identity: u64, backend: u32) {
         if old.identity == identity {
             return;
         }
+        // Not logged if refused: the send hooks call no BPF function (see `emit_sized`).
         emit_close(old.backend, old.identity);
     }
     let entry = HookedSocket {
