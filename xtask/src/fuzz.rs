@@ -75,9 +75,17 @@ pub fn run(ws: &Workspace, options: &Options) -> Result<()> {
         "fuzz targets built in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // Every target runs even after one fails, so one round shows every finding.
     let mut outcomes = Vec::new();
+    let mut failed = Vec::new();
     for target in targets {
-        outcomes.push(run_target(ws, target, options)?);
+        match run_target(ws, target, options) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                failed.push(target);
+            }
+        }
     }
     for o in &outcomes {
         println!(
@@ -89,6 +97,9 @@ pub fn run(ws: &Workspace, options: &Options) -> Result<()> {
             o.seconds,
             o.executions.parse::<f64>().unwrap_or(0.0) / o.seconds,
         );
+    }
+    if !failed.is_empty() {
+        bail!("fuzz target(s) failed: {}", failed.join(", "));
     }
     Ok(())
 }

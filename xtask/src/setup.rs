@@ -111,11 +111,12 @@ fn musl_target() -> Result<()> {
     cmd::run(rustup().args(["target", "add", target]))
 }
 
-/// The CARGO_TOOLS in PREFIX/bin, which every build's PATH starts with.
+/// The CARGO_TOOLS, found on the builds' PATH (PREFIX/bin first, then wherever cargo installs
+/// by default) or else installed into PREFIX/bin.
 fn cargo_tools() -> Result<()> {
+    let path = build_path()?;
     for &(tool, version) in CARGO_TOOLS {
-        let binary = Path::new(PREFIX).join("bin").join(tool);
-        let found = cmd::output(Command::new(&binary).arg("--version")).ok();
+        let found = cmd::output(Command::new(tool).env("PATH", &path).arg("--version")).ok();
         // Each prints "NAME VERSION" (cargo-deb without the "cargo-" prefix).
         if found
             .as_deref()
