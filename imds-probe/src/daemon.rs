@@ -20,7 +20,13 @@ use crate::{
     attribution::{Attributor, redact::Redactor, source::ProcReader},
     capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
     causes::Causes,
-    host::{allocator, identity, notify::notify, private_files::PrivateFiles, privileges, system},
+    host::{
+        allocator,
+        identity::{self, Identity},
+        notify::notify,
+        private_files::PrivateFiles,
+        privileges, system,
+    },
     outputs::{
         event::Clock,
         ledger::{Ledger, store, window::Window},
@@ -43,6 +49,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often the metrics file gets a line (on the tick at or after each minute's start).
 const METRICS_INTERVAL: Duration = Duration::from_secs(60);
 
+/// What `run` does: the flags over the config file (`config::run_flags`).
+#[derive(Debug)]
 pub struct RunOptions {
     pub backend: BackendChoice,
     pub log_file: Option<PathBuf>,
@@ -73,6 +81,7 @@ pub struct RunOptions {
 }
 
 /// `run --cloudwatch-*`: the log files go to these log groups.
+#[derive(Debug)]
 pub struct CloudWatchOptions {
     pub log_group: String,
     pub metrics_log_group: String,
@@ -80,7 +89,7 @@ pub struct CloudWatchOptions {
     pub region: Option<String>,
 }
 
-const NEEDS_LOG_FILE: &str = "--cloudwatch-log-group needs --log-file: the file is what is shipped, and the buffer while CloudWatch is out of reach";
+const NEEDS_LOG_FILE: &str = "--cloudwatch-log-group (cloudwatch.log_group) needs --log-file (events.log_file): the file is what is shipped, and the buffer while CloudWatch is out of reach";
 
 pub async fn run(mut options: RunOptions) -> Result<()> {
     // Options that cannot work are refused before anything is loaded.
@@ -214,7 +223,8 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
                 if now >= ledger_due {
                     ledger_due = now + options.ledger_interval;
                     read_loss(&loss, Some(&ebpf), &mut kernel_loss);
-                    write_ledger(&mut pipeline, &options.state_dir, &kernel_loss, false);
+                    let identity = identity.borrow().clone();
+                    write_ledger(&mut pipeline, &options.state_dir, &kernel_loss, false, identity.as_deref());
                 }
             }
             _ = hangup.recv() => {
@@ -247,7 +257,14 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     pipeline.report_loss(&kernel_loss);
     // The minute so far, so a stop loses none of it (CloudWatch adds it up per minute).
     pipeline.flush_metrics(identity.borrow().as_deref());
-    write_ledger(&mut pipeline, &options.state_dir, &kernel_loss, true);
+    let known = identity.borrow().clone();
+    write_ledger(
+        &mut pipeline,
+        &options.state_dir,
+        &kernel_loss,
+        true,
+        known.as_deref(),
+    );
     pipeline.close();
     // After the files are flushed: the shipper sends what they hold for a moment more.
     #[cfg(feature = "cloudwatch-logs")]
@@ -293,8 +310,9 @@ fn write_ledger(
     state_dir: &Path,
     kernel_loss: &KernelLoss,
     stopped: bool,
+    identity: Option<&Identity>,
 ) {
-    if let Err(error) = pipeline.write_ledger(state_dir, kernel_loss, stopped) {
+    if let Err(error) = pipeline.write_ledger(state_dir, kernel_loss, stopped, identity) {
         tracing::error!(error = %Causes(&error), "writing the ledger failed");
     }
     let status = pipeline.status();

@@ -257,16 +257,18 @@ impl Pipeline {
         self.out.ledger.start_window(window);
     }
 
-    /// Brings this run's window up to now and writes the ledger (`stopped`: at a clean stop).
+    /// Brings this run's window up to now (with the host's identity, once known) and writes
+    /// the ledger (`stopped`: at a clean stop).
     pub fn write_ledger(
         &mut self,
         state_dir: &std::path::Path,
         kernel: &KernelLoss,
         stopped: bool,
+        identity: Option<&Identity>,
     ) -> Result<(), store::StoreError> {
         let lost = self.out.total_loss(kernel).unseen();
         let now = self.out.clock.now().0;
-        self.out.ledger.update_window(now, lost, stopped);
+        self.out.ledger.update_window(now, lost, stopped, identity);
         store::write(state_dir, self.out.ledger.data())
     }
 
@@ -308,16 +310,18 @@ impl Emitter {
                 }
                 Item::Unknown(reason) => RequestEvent::unknown(reason, ctx),
             };
-            if let Some(metrics) = self.metrics.as_mut().filter(|_| !event.own) {
-                let caller = (&event.who.process.exe, &event.who.systemd_unit);
-                metrics
-                    .counts
-                    .request(event.class, self.connection_ids.hash_one(caller));
-            }
             // The daemon's own requests are not a caller's: they never count against the
-            // verdict.
+            // verdict, nor in the metrics.
             if !event.own {
-                self.ledger.record(&event, ts);
+                let fallback = self.ledger.record(&event, ts);
+                if let Some(metrics) = self.metrics.as_mut() {
+                    let caller = (&event.who.process.exe, &event.who.systemd_unit);
+                    metrics.counts.request(
+                        event.class,
+                        fallback,
+                        self.connection_ids.hash_one(caller),
+                    );
+                }
             }
             let full = match self.limiter.as_mut() {
                 Some(limiter) => limiter.admit(&event, ts, &self.clock, &mut self.summaries),
