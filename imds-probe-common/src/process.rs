@@ -28,8 +28,9 @@ pub const OFFSET_GLOBALS: [(&str, &str, &str); 11] = [
 /// Offsets the tcp_sendmsg hooks need, found the same way. iov_iter's type field, its iovec
 /// pointer and the iter_type values changed across kernels; user space resolves those into
 /// `OFF_ITER_TYPE`, `ITER_TYPE_BYTES`, `ITER_TYPE_MASK`, `OFF_ITER_IOV`, `OFF_ITER_UBUF`,
-/// `ITER_IOVEC_VALUE` and `ITER_UBUF_VALUE` (see the daemon's `backend::send_hook`).
-pub const SEND_HOOK_GLOBALS: [(&str, &str, &str); 8] = [
+/// `ITER_IOVEC_VALUE` and `ITER_UBUF_VALUE`, and `OFF_SOCKET_INODE` (from a `struct socket`
+/// to the inode allocated with it) (see the daemon's `capture::send_hook`).
+pub const SEND_HOOK_GLOBALS: [(&str, &str, &str); 11] = [
     ("OFF_SKC_FAMILY", "sock_common", "skc_family"),
     ("OFF_SKC_DPORT", "sock_common", "skc_dport"),
     ("OFF_SKC_DADDR", "sock_common", "skc_daddr"),
@@ -38,6 +39,10 @@ pub const SEND_HOOK_GLOBALS: [(&str, &str, &str); 8] = [
     ("OFF_MSGHDR_ITER", "msghdr", "msg_iter"),
     ("OFF_ITER_COUNT", "iov_iter", "count"),
     ("OFF_ITER_NR_SEGS", "iov_iter", "nr_segs"),
+    // A connection's identity (see the kernel side's `send_hook::identity`).
+    ("OFF_SK_SOCKET", "sock", "sk_socket"),
+    ("OFF_SKC_NUM", "sock_common", "skc_num"),
+    ("OFF_INODE_INO", "inode", "i_ino"),
 ];
 /// Set to 1 once the send hooks' offsets are filled in.
 pub const SEND_HOOK_READY_GLOBAL: &str = "SEND_HOOK_READY";

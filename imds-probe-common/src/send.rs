@@ -45,7 +45,12 @@ pub struct SendChunk {
     pub send_size: u32,
     /// Payload bytes that follow this header in the record.
     pub len: u32,
-    pub _pad: u32,
+    /// Bytes of the connection right after this chunk's payload that were sent but not
+    /// captured (a send hook cannot read them, the send was larger than the capture limit,
+    /// or reading it failed). A record with `len` 0 and `lost` > 0 only says that: user space
+    /// reports the request those bytes held as `unknown`, attributed to this record's sender,
+    /// even when nothing came before it on the connection.
+    pub lost: u32,
 }
 
 pub const SEND_CHUNK_HEADER_BYTES: usize = core::mem::size_of::<SendChunk>();

@@ -58,26 +58,34 @@ pub enum Memory {
 /// `len` must be at most `CHUNK_BYTES`.
 #[inline(always)]
 pub fn emit_chunk(meta: &SendMeta, stream_offset: u64, src: *const u8, len: u32) {
-    if (len as usize) <= SMALL_CHUNK {
-        emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len, Memory::Kernel)
+    let stored = if (len as usize) <= SMALL_CHUNK {
+        emit_sized::<SMALL_CHUNK>(meta, stream_offset, src, len, 0, Memory::Kernel)
     } else {
-        emit_sized::<{ CHUNK_BYTES }>(meta, stream_offset, src, len, Memory::Kernel)
+        emit_sized::<{ CHUNK_BYTES }>(meta, stream_offset, src, len, 0, Memory::Kernel)
+    };
+    if !stored {
+        diagnostics::ring_buffer_full("send", len);
     }
 }
 
-/// Copies up to `N` bytes at `src` into one record of payload capacity `N`.
+/// Copies up to `N` bytes at `src` into one record of payload capacity `N`, followed by
+/// `lost` bytes of the connection that were not captured. Returns false when the ring buffer
+/// had no room (already counted), so that a caller may log it: this function must call no
+/// other BPF function, because the send hooks inline it into unrolled loops, and the verifiers
+/// of 5.10 and 6.1 (not 6.12) then lose their state pruning. With one such call in their
+/// loops, fentry took over 400 s to verify on 5.10 under emulation.
 #[inline(always)]
 pub fn emit_sized<const N: usize>(
     meta: &SendMeta,
     stream_offset: u64,
     src: *const u8,
     len: u32,
+    lost: u32,
     memory: Memory,
-) {
+) -> bool {
     let Some(mut entry) = EVENTS.reserve::<SendRecord<N>>(0) else {
         count_loss(LOSS_RING_BUFFER_SEND);
-        diagnostics::ring_buffer_full("send", len);
-        return;
+        return false;
     };
     let record = entry.as_mut_ptr();
     let len = if (len as usize) > N { N as u32 } else { len };
@@ -97,7 +105,7 @@ pub fn emit_sized<const N: usize>(
             family: meta.family,
             send_size: meta.send_size,
             len,
-            _pad: 0,
+            lost,
         };
         let dst = (*record).data.as_mut_ptr().cast();
         match memory {
@@ -122,15 +130,25 @@ pub fn emit_sized<const N: usize>(
         entry.discard(0);
         count_loss(LOSS_READ_FAILED);
     }
+    true
 }
 
-/// A record with no bytes that ends at `end`: whatever no record carried before it is a gap
-/// that user space sees now, attributed to this sender, rather than at a later send or never
-/// (a lost tail at the end of a connection would otherwise hide its requests). The full-size
-/// record, as the send hooks already reserve it: a second size there costs verifier work.
+/// A record with no bytes that says `lost` bytes from `stream_offset` on were sent and not
+/// captured: user space reports the request they held now, attributed to this sender, even
+/// when they are the first bytes of the connection or its last (a lost tail would otherwise
+/// hide its requests). The full-size record, as the send hooks already reserve it: a second
+/// size there costs verifier work.
 #[inline(always)]
-pub fn emit_gap_end(meta: &SendMeta, end: u64) {
-    emit_sized::<{ CHUNK_BYTES }>(meta, end, core::ptr::null(), 0, Memory::Kernel)
+pub fn emit_lost(meta: &SendMeta, stream_offset: u64, lost: u32) {
+    // A refused marker is counted; the send it ends is logged, if at all, by its caller.
+    emit_sized::<{ CHUNK_BYTES }>(
+        meta,
+        stream_offset,
+        core::ptr::null(),
+        0,
+        lost,
+        Memory::Kernel,
+    );
 }
 
 /// A record header stamped now.
@@ -144,25 +162,41 @@ pub fn header(kind: u32, backend: u32) -> RecordHeader {
     }
 }
 
-pub fn emit_close(backend: u32, cookie: u64) {
-    emit_connection(KIND_CLOSE, backend, cookie);
+/// A connection's close; false when the ring buffer had no room (counted). Calls no BPF
+/// function, as the send hooks use it too (see `emit_sized`).
+#[inline(always)]
+pub fn emit_close(backend: u32, cookie: u64) -> bool {
+    emit_connection(KIND_CLOSE, backend, cookie)
+}
+
+/// `emit_close` with a refusal logged, for the programs that close connections (not the
+/// send hooks).
+#[inline(always)]
+pub fn emit_close_logged(backend: u32, cookie: u64) {
+    if !emit_close(backend, cookie) {
+        diagnostics::ring_buffer_full("close", size_of::<Close>() as u32);
+    }
 }
 
 /// sock_ops enrolled `cookie`. It wakes the reader like a close: user space must hear of a
 /// flood of new connections in time to make room in the socket hash.
+#[inline(always)]
 pub fn emit_open(backend: u32, cookie: u64) {
-    emit_connection(KIND_OPEN, backend, cookie);
+    if !emit_connection(KIND_OPEN, backend, cookie) {
+        diagnostics::ring_buffer_full("open", size_of::<Close>() as u32);
+    }
 }
 
-fn emit_connection(kind: u32, backend: u32, cookie: u64) {
+#[inline(always)]
+fn emit_connection(kind: u32, backend: u32, cookie: u64) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Close>(0) else {
         count_loss(LOSS_RING_BUFFER_CLOSE);
-        diagnostics::ring_buffer_full("close or open", size_of::<Close>() as u32);
-        return;
+        return false;
     };
     entry.write(Close {
         header: header(kind, backend),
         cookie,
     });
     entry.submit(WAKE_READER);
+    true
 }

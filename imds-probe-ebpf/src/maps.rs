@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use imds_probe_common::{
     loss::LOSS_COUNTERS, record::RING_BUFFER_BYTES, send::MAX_CONNECTIONS, socket_state::ConnState,
@@ -35,10 +35,21 @@ pub fn conn_state_map() -> *mut c_void {
 #[map(name = "IMDS_SOCKETS")]
 pub static IMDS_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_CONNECTIONS, 0);
 
-/// Sockets a send hook has seen sending to the IMDS, keyed by socket address, with the
-/// backend that saw them, so their close is reported and no other socket's is.
+/// Sockets a send hook has seen sending to the IMDS, keyed by `struct sock` address (all the
+/// close tracepoint knows), so their close is reported and no other socket's is. LRU: an
+/// entry whose close was never seen is pushed out by live ones, never the other way round.
 #[map(name = "HOOKED_SOCKETS")]
-pub static HOOKED_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+pub static HOOKED_SOCKETS: LruHashMap<u64, HookedSocket> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// A hooked socket's connection, as its records name it, and the backend that saw it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HookedSocket {
+    pub identity: u64,
+    pub backend: u32,
+    pub _pad: u32,
+}
 
 pub fn count_loss(index: u32) {
     if let Some(counter) = LOSS.get_ptr_mut(index) {

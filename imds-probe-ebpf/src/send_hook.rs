@@ -9,16 +9,19 @@
 //!
 //! The bytes are read from the sender's iov_iter at entry: `ITER_UBUF` (one buffer; 6.0+
 //! uses it for single-buffer sends) or `ITER_IOVEC` (every segment, bounded). Anything else
-//! (kernel pages from sendfile/splice) is counted as unreadable, and its bytes show up in user
-//! space as a gap in the stream, so the request becomes `unknown`, never a guess. Stream
-//! offsets are TCP's write sequence, which also counts bytes that reached the socket some
-//! other way (tcp_sendpage on older kernels).
+//! (kernel pages from sendfile/splice, kernel buffers) is counted as unreadable and sent as a
+//! record of `lost` bytes, so user space reports the request as `unknown` from this sender,
+//! never a guess and never nothing. Stream offsets are TCP's write sequence, which also counts
+//! bytes that reached the socket some other way (tcp_sendpage on older kernels).
+//!
+//! A connection is named by its identity (`identity`), not by its `struct sock` address: the
+//! kernel reuses those addresses at once under connection churn, and a close the kernel
+//! skipped (see `imds_sock_state`) would otherwise merge a new connection into an old one.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::bpf_get_current_comm,
-    macros::{fentry, kprobe, tracepoint},
-    programs::{FEntryContext, ProbeContext, TracePointContext},
+    macros::{fentry, kprobe, raw_tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use imds_probe_common::{
     backend::{BACKEND_FENTRY, BACKEND_KPROBE},
@@ -28,10 +31,9 @@ use imds_probe_common::{
 };
 
 use crate::{
-    diagnostics,
-    emit::{Memory, SendMeta, emit_close, emit_gap_end, emit_sized},
+    emit::{Memory, SendMeta, emit_close, emit_close_logged, emit_lost, emit_sized},
     kernel::{global, read, read_ptr},
-    maps::{HOOKED_SOCKETS, count_loss},
+    maps::{HOOKED_SOCKETS, HookedSocket, count_loss},
 };
 
 crate::offset_globals!(
@@ -51,6 +53,10 @@ crate::offset_globals!(
     OFF_ITER_UBUF,
     ITER_IOVEC_VALUE,
     ITER_UBUF_VALUE,
+    OFF_SK_SOCKET,
+    OFF_SKC_NUM,
+    OFF_SOCKET_INODE,
+    OFF_INODE_INO,
 );
 
 /// One byte short of the record's capacity, a power of two, so the copy's length can be
@@ -61,9 +67,10 @@ const _: () = assert!(CHUNK_BYTES.is_power_of_two());
 /// Chunks read from each iovec segment (16 KiB).
 const CHUNKS_PER_SEGMENT: u32 = 4;
 
-/// inet_sock_set_state's record (include/trace/events/sock.h): skaddr at 8, newstate at 20.
-const STATE_SKADDR: usize = 8;
-const STATE_NEWSTATE: usize = 20;
+/// inet_sock_set_state's arguments (include/trace/events/sock.h, unchanged since 4.16):
+///   TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+const STATE_SK: usize = 0;
+const STATE_NEWSTATE: usize = 2;
 const TCP_CLOSE: i32 = 7;
 
 #[fentry(function = "tcp_sendmsg")]
@@ -121,31 +128,76 @@ pub fn imds_kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
 fn on_sendpage(sk: *const u8, size: u64, backend: u32) {
     if let Some((mut meta, seq)) = imds_send(sk, backend) {
         meta.send_size = size as u32;
-        mark_lost(&meta, seq, size, LOSS_SEND_UNREADABLE);
+        count_loss(LOSS_SEND_UNREADABLE);
+        emit_lost(&meta, u64::from(seq), size as u32);
     }
 }
 
 /// Frees a hooked connection's state, and tells user space, when it closes.
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+///
+/// A raw tracepoint, not a classic one: the kernel skips a classic tracepoint's (or a
+/// kprobe's) program whenever another such program runs on the same CPU, and a client's
+/// close completes in softirq when the server's FIN arrives, often on top of one. A raw
+/// tracepoint's run is skipped only if this very program is already running on the CPU; a
+/// skipped run is counted (`program_runs_missed`), and the next connection at the address
+/// finds the stale entry and reports its close (`on_new_connection`).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 // Inlined into the macro's entry point: an outlined body would be a global BPF
 // function, whose BTF-typed arguments kernels before 6.6 refuse.
 #[inline(always)]
-pub fn imds_sock_state(ctx: TracePointContext) -> u32 {
-    // SAFETY: the offsets are the tracepoint's fixed record layout.
-    let (sk, state) = unsafe {
-        (
-            ctx.read_at::<u64>(STATE_SKADDR),
-            ctx.read_at::<i32>(STATE_NEWSTATE),
-        )
-    };
-    if let (Ok(sk), Ok(TCP_CLOSE)) = (sk, state) {
+pub fn imds_sock_state(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(STATE_SK);
+    let state: u64 = ctx.arg(STATE_NEWSTATE);
+    if state as i32 == TCP_CLOSE {
         // SAFETY: the value is copied out before the entry is removed.
-        if let Some(backend) = unsafe { HOOKED_SOCKETS.get(sk) }.copied() {
+        if let Some(hooked) = unsafe { HOOKED_SOCKETS.get(sk) }.copied() {
             let _ = HOOKED_SOCKETS.remove(sk);
-            emit_close(backend, sk);
+            emit_close_logged(hooked.backend, hooked.identity);
         }
     }
     0
+}
+
+/// What names a connection in records: the socket's inode number above its local port.
+///
+/// The inode is allocated with the `struct socket` (`struct socket_alloc`) from
+/// get_next_ino(), a counter that hands out no number twice until its 32 bits wrap, so two
+/// sockets that share a `struct sock` address one after the other have different inodes. The
+/// local port tells apart the connections of one socket that is disconnected and connected
+/// again (connect with AF_UNSPEC), which take a new ephemeral port. Every field read is in
+/// `struct sock`, `struct socket_alloc` and `struct inode` from 5.10 to 6.12, found in BTF.
+#[inline(always)]
+fn identity(sk: *const u8) -> u64 {
+    let socket = read_ptr(sk, global(&OFF_SK_SOCKET));
+    let inode: u64 = read(socket, global(&OFF_SOCKET_INODE) + global(&OFF_INODE_INO));
+    let port: u16 = read(sk, global(&OFF_SKC_NUM));
+    (inode << 16) | u64::from(port)
+}
+
+/// Tracks the connection `identity` at `sk`. An entry for another identity there is a
+/// connection that closed without its close reaching us (a skipped program run): it is
+/// reported closed now, before any record of the new one, rather than merged with it. The
+/// table is LRU, so such stale entries never fill it either.
+#[inline(always)]
+fn on_new_connection(sk: u64, identity: u64, backend: u32) {
+    // SAFETY: the value is copied out before the entry is replaced.
+    let known = unsafe { HOOKED_SOCKETS.get(sk) }.copied();
+    if let Some(old) = known {
+        if old.identity == identity {
+            return;
+        }
+        // Not logged if refused: the send hooks call no BPF function (see `emit_sized`).
+        emit_close(old.backend, old.identity);
+    }
+    let entry = HookedSocket {
+        identity,
+        backend,
+        _pad: 0,
+    };
+    if HOOKED_SOCKETS.insert(sk, entry, 0).is_err() {
+        // Captured anyway; only the close will not be reported.
+        count_loss(LOSS_CONNECTION_UNTRACKED);
+    }
 }
 
 /// The send's metadata (`send_size` left for the caller) and TCP write sequence if `sk` is
@@ -178,19 +230,11 @@ fn imds_send(sk: *const u8, backend: u32) -> Option<(SendMeta, u32)> {
         }
         _ => return None,
     };
-    let id = sk as u64;
-    // SAFETY: a plain map lookup.
-    if unsafe { HOOKED_SOCKETS.get(id) }.is_none()
-        && HOOKED_SOCKETS
-            .insert(id, backend, u64::from(BPF_NOEXIST))
-            .is_err()
-    {
-        // Captured anyway; only the close will not be reported.
-        count_loss(LOSS_CONNECTION_UNTRACKED);
-    }
+    let identity = identity(sk);
+    on_new_connection(sk as u64, identity, backend);
     let meta = SendMeta {
         backend,
-        cookie: id,
+        cookie: identity,
         remote_addr,
         remote_port: IMDS_PORT,
         family,
@@ -198,14 +242,6 @@ fn imds_send(sk: *const u8, backend: u32) -> Option<(SendMeta, u32)> {
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     Some((meta, read(sk, global(&OFF_TCP_WRITE_SEQ))))
-}
-
-/// Bytes of the send the hook did not capture: counted under `loss`, and marked as a gap up
-/// to the send's end.
-#[inline(always)]
-fn mark_lost(meta: &SendMeta, seq: u32, size: u64, loss: u32) {
-    count_loss(loss);
-    emit_gap_end(meta, u64::from(seq.wrapping_add(size as u32)));
 }
 
 #[inline(always)]
@@ -222,9 +258,10 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
     } else {
         read::<u32>(iter, global(&OFF_ITER_TYPE))
     } & global(&ITER_TYPE_MASK);
-    let captured = if iter_type == global(&ITER_UBUF_VALUE) {
+    let (captured, end) = if iter_type == global(&ITER_UBUF_VALUE) {
         let base = read_ptr(iter, global(&OFF_ITER_UBUF));
-        emit_buffer(&meta, seq, base, count, MAX_HOOK_CHUNKS)
+        let captured = emit_buffer(&meta, seq, base, count, MAX_HOOK_CHUNKS);
+        (captured, captured)
     } else if iter_type == global(&ITER_IOVEC_VALUE) {
         emit_iovec(
             &meta,
@@ -233,12 +270,20 @@ fn on_send(sk: *const u8, msg: *const u8, backend: u32) {
             read(iter, global(&OFF_ITER_NR_SEGS)),
         )
     } else {
-        diagnostics::send_unreadable(iter_type, count);
-        mark_lost(&meta, seq, count, LOSS_SEND_UNREADABLE);
+        // Counted, not logged: see `emit_sized` on why the send hooks call no BPF function.
+        count_loss(LOSS_SEND_UNREADABLE);
+        emit_lost(&meta, u64::from(seq), count as u32);
         return;
     };
     if captured < count {
-        mark_lost(&meta, seq, count, LOSS_SEND_TRUNCATED);
+        // The tail from `end` is lost; a hole before it (a segment cut short) shows up in
+        // user space as the distance between its records.
+        count_loss(LOSS_SEND_TRUNCATED);
+        emit_lost(
+            &meta,
+            u64::from(seq.wrapping_add(end as u32)),
+            count.saturating_sub(end) as u32,
+        );
     }
 }
 
@@ -264,6 +309,7 @@ fn emit_buffer(meta: &SendMeta, stream_offset: u32, base: *const u8, len: u64, c
             u64::from(stream_offset.wrapping_add(start as u32)),
             base.wrapping_add(start as usize),
             n as u32,
+            0,
             Memory::User,
         );
         captured = start + n;
@@ -271,9 +317,10 @@ fn emit_buffer(meta: &SendMeta, stream_offset: u32, base: *const u8, len: u64, c
     captured
 }
 
-/// Emits an iovec array segment by segment; returns the bytes captured.
+/// Emits an iovec array segment by segment; returns the bytes captured and the end of the
+/// segments read (the bytes after it were not looked at).
 #[inline(always)]
-fn emit_iovec(meta: &SendMeta, seq: u32, iov: *const u8, nr_segs: u64) -> u64 {
+fn emit_iovec(meta: &SendMeta, seq: u32, iov: *const u8, nr_segs: u64) -> (u64, u64) {
     let mut captured = 0;
     let mut segment_start = 0u64;
     for segment in 0..MAX_HOOK_SEGMENTS {
@@ -299,5 +346,5 @@ fn emit_iovec(meta: &SendMeta, seq: u32, iov: *const u8, nr_segs: u64) -> u64 {
         captured += got;
         segment_start += len;
     }
-    captured
+    (captured, segment_start)
 }

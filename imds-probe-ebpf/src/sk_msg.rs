@@ -21,7 +21,7 @@ use imds_probe_common::{
 
 use crate::{
     conn::{self, Peer, RawPeer},
-    emit::{SendMeta, emit_chunk, emit_gap_end},
+    emit::{SendMeta, emit_chunk, emit_lost},
     maps::count_loss,
 };
 
@@ -86,7 +86,7 @@ fn capture(ctx: &SkMsgContext) {
     // SAFETY: `ctx.msg` is the program's context.
     if unsafe { bpf_msg_pull_data(ctx.msg, 0, len, 0) } != 0 {
         count_loss(LOSS_READ_FAILED);
-        emit_gap_end(&meta, base + u64::from(covered));
+        emit_lost(&meta, base, covered);
         return;
     }
     let (data, data_end) = (ctx.data(), ctx.data_end());
@@ -98,6 +98,6 @@ fn capture(ctx: &SkMsgContext) {
     );
     if rest && !split {
         count_loss(LOSS_SEND_TRUNCATED);
-        emit_gap_end(&meta, base + u64::from(size));
+        emit_lost(&meta, base + u64::from(len), size - len);
     }
 }

@@ -21,7 +21,7 @@ use imds_probe_common::{
 use crate::{
     conn::{self, Peer, RawPeer},
     diagnostics,
-    emit::{emit_close, emit_open},
+    emit::{emit_close_logged, emit_open},
     maps::{IMDS_SOCKETS, count_loss},
 };
 
@@ -97,5 +97,5 @@ fn on_close(ctx: &SockOpsContext) {
     // SAFETY: the value is copied out before the storage is deleted.
     let cookie = unsafe { (*state).cookie };
     conn::forget(sk);
-    emit_close(BACKEND_SK_MSG, cookie);
+    emit_close_logged(BACKEND_SK_MSG, cookie);
 }

@@ -1,7 +1,10 @@
 //! `/etc/imds-probe/config.toml`: every setting of `imds-probe run`, each with a default (the
 //! shipped `config/config.toml` lists them all, commented). Flags override the file. An
 //! unknown key or a bad value is an error naming the file, the line and the key, and the
-//! daemon does not start: a typo must not silently leave a default in force.
+//! daemon does not start: a typo must not silently leave a default in force. How the flags and
+//! the file combine is `run_flags`.
+
+pub mod run_flags;
 
 use std::{
     num::{NonZeroU32, NonZeroU64, NonZeroUsize},
@@ -10,7 +13,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::capture::{BackendChoice, kernel_log::KernelLogLevel};
+use crate::{
+    capture::{BackendChoice, kernel_log::KernelLogLevel},
+    outputs::{cloudwatch::DEFAULT_METRICS_LOG_GROUP, metrics::Dimensions},
+};
 
 pub const DEFAULT_PATH: &str = "/etc/imds-probe/config.toml";
 
@@ -21,6 +27,9 @@ pub struct Config {
     pub attribution: AttributionSettings,
     pub events: Events,
     pub ledger: LedgerSettings,
+    pub metrics: MetricsSettings,
+    pub identity: IdentitySettings,
+    pub cloudwatch: CloudWatchSettings,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -93,6 +102,48 @@ impl Default for LedgerSettings {
             state_dir: PathBuf::from("/var/lib/imds-probe"),
             write_interval_seconds: NonZeroU64::new(5).unwrap(),
             max_callers: NonZeroUsize::new(10_000).unwrap(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Per-minute EMF metrics go to this file; none by default.
+    pub file: Option<PathBuf>,
+    pub dimensions: Dimensions,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySettings {
+    /// Ask the IMDS (IMDSv2 only) who this host is.
+    pub ask_imds: bool,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self { ask_imds: true }
+    }
+}
+
+/// Shipping from the daemon itself; off unless `log_group` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudWatchSettings {
+    pub log_group: Option<String>,
+    pub metrics_log_group: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+impl Default for CloudWatchSettings {
+    fn default() -> Self {
+        Self {
+            log_group: None,
+            metrics_log_group: DEFAULT_METRICS_LOG_GROUP.to_owned(),
+            endpoint: None,
+            region: None,
         }
     }
 }
@@ -185,8 +236,20 @@ mod tests {
             "state_dir",
             "write_interval_seconds",
             "max_callers",
+            "file",
+            "dimensions",
+            "ask_imds",
+            "log_group",
+            "metrics_log_group",
+            "endpoint",
+            "region",
         ] {
-            assert!(shipped.contains(&format!("{key} =")), "{key} missing");
+            assert!(
+                shipped.lines().any(|line| line
+                    .trim_start_matches("# ")
+                    .starts_with(&format!("{key} ="))),
+                "{key} missing"
+            );
         }
     }
 

@@ -11,7 +11,6 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use imds_probe_common::loss::LOSS_COUNTERS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -24,10 +23,17 @@ use crate::{
     attribution::{Attributor, redact::Redactor, source::ProcReader},
     capture::{self, BackendChoice, kernel_log::KernelLogLevel, open_connections, read_loss},
     causes::Causes,
-    host::{allocator, identity, notify::notify, private_files::PrivateFiles, privileges, system},
+    host::{
+        allocator,
+        identity::{self, Identity},
+        notify::notify,
+        private_files::PrivateFiles,
+        privileges, system,
+    },
     outputs::{
         event::Clock,
         ledger::{Ledger, store, window::Window},
+        loss::KernelLoss,
         metrics::Dimensions,
         sink::{Outputs, WriterThread},
         summary::Limiter,
@@ -46,6 +52,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often the metrics file gets a line (on the tick at or after each minute's start).
 const METRICS_INTERVAL: Duration = Duration::from_secs(60);
 
+/// What `run` does: the flags over the config file (`config::run_flags`).
+#[derive(Debug)]
 pub struct RunOptions {
     pub backend: BackendChoice,
     pub log_file: Option<PathBuf>,
@@ -76,6 +84,7 @@ pub struct RunOptions {
 }
 
 /// `run --cloudwatch-*`: the log files go to these log groups.
+#[derive(Debug)]
 pub struct CloudWatchOptions {
     pub log_group: String,
     pub metrics_log_group: String,
@@ -83,7 +92,7 @@ pub struct CloudWatchOptions {
     pub region: Option<String>,
 }
 
-const NEEDS_LOG_FILE: &str = "--cloudwatch-log-group needs --log-file: the file is what is shipped, and the buffer while CloudWatch is out of reach";
+const NEEDS_LOG_FILE: &str = "--cloudwatch-log-group (cloudwatch.log_group) needs --log-file (events.log_file): the file is what is shipped, and the buffer while CloudWatch is out of reach";
 
 pub async fn run(mut options: RunOptions) -> Result<()> {
     // Options that cannot work are refused before anything is loaded.
@@ -182,7 +191,7 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     let mut ledger_due = Instant::now() + options.ledger_interval;
     // Sockets the daemon enrolled itself, whose close it looks for (see `capture::sk_msg`).
     let mut enrolled: Vec<u64> = Vec::new();
-    let mut kernel_loss = [0; LOSS_COUNTERS as usize];
+    let mut kernel_loss = KernelLoss::default();
     let mut metrics_due = Instant::now() + until_next_minute();
     // An error ends the loop but not the shutdown below: what was captured is still drained,
     // written and accounted for before the error is returned.
@@ -207,8 +216,8 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
                 pipeline.tick();
                 if now >= loss_due {
                     loss_due = now + options.loss_report_interval;
-                    read_loss(&loss, &mut kernel_loss);
-                    pipeline.report_loss(kernel_loss);
+                    read_loss(&loss, Some(&ebpf), &mut kernel_loss);
+                    pipeline.report_loss(&kernel_loss);
                 }
                 if now >= metrics_due {
                     metrics_due = now + until_next_minute();
@@ -216,8 +225,9 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
                 }
                 if now >= ledger_due {
                     ledger_due = now + options.ledger_interval;
-                    read_loss(&loss, &mut kernel_loss);
-                    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, false);
+                    read_loss(&loss, Some(&ebpf), &mut kernel_loss);
+                    let identity = identity.borrow().clone();
+                    write_ledger(&mut pipeline, &options.state_dir, &kernel_loss, false, identity.as_deref());
                 }
             }
             _ = hangup.recv() => {
@@ -241,14 +251,23 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     };
 
     tracing::info!("stopping: detaching programs and draining the ring buffer");
+    // The programs' skip counts go with them.
+    read_loss(&loss, Some(&ebpf), &mut kernel_loss);
     drop(ebpf);
     drain(ring.get_mut(), &mut pipeline, None);
     pipeline.finish();
-    read_loss(&loss, &mut kernel_loss);
-    pipeline.report_loss(kernel_loss);
+    read_loss(&loss, None, &mut kernel_loss);
+    pipeline.report_loss(&kernel_loss);
     // The minute so far, so a stop loses none of it (CloudWatch adds it up per minute).
     pipeline.flush_metrics(identity.borrow().as_deref());
-    write_ledger(&mut pipeline, &options.state_dir, kernel_loss, true);
+    let known = identity.borrow().clone();
+    write_ledger(
+        &mut pipeline,
+        &options.state_dir,
+        &kernel_loss,
+        true,
+        known.as_deref(),
+    );
     pipeline.close();
     // After the files are flushed: the shipper sends what they hold for a moment more.
     #[cfg(feature = "cloudwatch-logs")]
@@ -292,10 +311,11 @@ fn until_next_minute() -> Duration {
 fn write_ledger(
     pipeline: &mut Pipeline,
     state_dir: &Path,
-    kernel_loss: [u64; LOSS_COUNTERS as usize],
+    kernel_loss: &KernelLoss,
     stopped: bool,
+    identity: Option<&Identity>,
 ) {
-    if let Err(error) = pipeline.write_ledger(state_dir, kernel_loss, stopped) {
+    if let Err(error) = pipeline.write_ledger(state_dir, kernel_loss, stopped, identity) {
         tracing::error!(error = %Causes(&error), "writing the ledger failed");
     }
     let status = pipeline.status();

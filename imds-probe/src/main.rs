@@ -3,25 +3,21 @@
 use std::{
     io::{IsTerminal as _, Write as _},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use imds_probe::{
-    capture::{
-        BackendChoice,
-        kernel_log::{self, KernelLogLevel},
-    },
-    config,
-    daemon::{self, CloudWatchOptions, RunOptions},
+    capture::kernel_log,
+    config::{self, run_flags::RunFlags},
+    daemon,
     outputs::{
         cloudwatch::{
             DEFAULT_EVENTS_LOG_GROUP, DEFAULT_METRICS_LOG_GROUP,
             agent_config::{self, AgentConfigOptions},
         },
         ledger::store,
-        metrics::Dimensions,
     },
     report,
 };
@@ -47,64 +43,8 @@ enum Command {
         /// The config file (every key is optional; see the shipped config/config.toml).
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
-        /// Which kernel hook sees the requests. `auto` takes the first that works here.
-        #[arg(long, value_enum)]
-        backend: Option<BackendChoice>,
-        /// Also append events to this file (JSON lines); parent directories are created.
-        #[arg(long, value_name = "PATH")]
-        log_file: Option<PathBuf>,
-        /// Do not write events to stdout.
-        #[arg(long)]
-        no_stdout: bool,
-        /// One event per request (default: the first few per caller, class and minute, then
-        /// one request_summary per caller and minute).
-        #[arg(long)]
-        every_request: bool,
-        /// How often to check for lost events and report them (seconds).
-        #[arg(long, value_name = "SECONDS")]
-        loss_report_interval: Option<u64>,
-        /// Where the caller ledger is kept.
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        /// Scrub the value after this word in command lines too (repeatable; added to the
-        /// config file's), beside password, passwd, secret, token, api_key, apikey,
-        /// access_key, secret_key, credential, auth and private_key.
-        #[arg(long = "sensitive-word", value_name = "WORD")]
-        sensitive_words: Vec<String>,
-        /// Let this group (name or gid) read the log file and the directories made for it
-        /// (mode 0640/0750); without it only root can.
-        #[arg(long, value_name = "GROUP")]
-        output_group: Option<String>,
-        /// Log the kernel programs' diagnostics up to this level (a connection left
-        /// untracked, a send the hooks cannot read, a record the full ring buffer refused;
-        /// each is also counted as loss). Off (the default) costs the programs nothing.
-        #[arg(long, value_enum, value_name = "LEVEL")]
-        kernel_log: Option<KernelLogLevel>,
-        /// Write per-minute metrics in CloudWatch Embedded Metric Format to this file (never
-        /// the events file: see README, "A fleet in CloudWatch").
-        #[arg(long, value_name = "PATH")]
-        metrics_file: Option<PathBuf>,
-        /// Dimensions of the metrics: `fleet` (none; a fixed number of custom metrics) or
-        /// `per-instance` (also by InstanceId; custom metrics grow with the fleet).
-        #[arg(long, value_enum, default_value_t = Dimensions::Fleet)]
-        metrics_dimensions: Dimensions,
-        /// Do not ask the IMDS who this host is (instance id, region, account, AMI). By default
-        /// the daemon asks once, with IMDSv2 only, retrying in the background.
-        #[arg(long)]
-        no_identity: bool,
-        /// Ship the events (and metrics) files to CloudWatch Logs from the daemon itself, events
-        /// to this log group, one stream per instance. Needs --log-file: the file is the buffer.
-        #[arg(long, value_name = "NAME")]
-        cloudwatch_log_group: Option<String>,
-        /// Log group of the metrics file when shipping.
-        #[arg(long, value_name = "NAME", default_value = DEFAULT_METRICS_LOG_GROUP)]
-        cloudwatch_metrics_log_group: String,
-        /// CloudWatch Logs endpoint URL instead of the region's (VPC endpoints, tests).
-        #[arg(long, value_name = "URL")]
-        cloudwatch_endpoint: Option<String>,
-        /// Region to ship to, instead of $AWS_REGION or the instance's own.
-        #[arg(long, value_name = "REGION")]
-        cloudwatch_region: Option<String>,
+        #[command(flatten)]
+        flags: RunFlags,
     },
     /// Is it safe to require IMDSv2 here? Reads the ledger (the daemon may run or not).
     ///
@@ -224,57 +164,8 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Run {
-            config,
-            backend,
-            log_file,
-            no_stdout,
-            every_request,
-            loss_report_interval,
-            state_dir,
-            sensitive_words,
-            output_group,
-            kernel_log,
-            metrics_file,
-            metrics_dimensions,
-            no_identity,
-            cloudwatch_log_group,
-            cloudwatch_metrics_log_group,
-            cloudwatch_endpoint,
-            cloudwatch_region,
-        } => {
-            let file = load_config(config.as_deref())?;
-            let mut words = file.attribution.sensitive_words;
-            words.extend(sensitive_words);
-            let options = RunOptions {
-                backend: backend.unwrap_or(file.capture.backend),
-                log_file: log_file.or(file.events.log_file),
-                stdout: !no_stdout && file.events.stdout,
-                loss_report_interval: Duration::from_secs(
-                    loss_report_interval
-                        .unwrap_or(file.capture.loss_report_interval_seconds.get())
-                        .max(1),
-                ),
-                state_dir: state_dir.unwrap_or(file.ledger.state_dir),
-                ledger_interval: Duration::from_secs(file.ledger.write_interval_seconds.get()),
-                max_callers: file.ledger.max_callers.get(),
-                every_request: every_request || file.events.every_request,
-                full_requests_per_minute: file.events.full_requests_per_minute.get(),
-                max_file_bytes: file.events.max_file_bytes.get(),
-                files_kept: file.events.files_kept.get(),
-                sensitive_words: words,
-                output_group: output_group.or(file.events.output_group),
-                kernel_log: kernel_log.unwrap_or(file.capture.kernel_log),
-                metrics_file,
-                metrics_dimensions,
-                identity: !no_identity,
-                cloudwatch: cloudwatch_log_group.map(|log_group| CloudWatchOptions {
-                    log_group,
-                    metrics_log_group: cloudwatch_metrics_log_group,
-                    endpoint: cloudwatch_endpoint,
-                    region: cloudwatch_region,
-                }),
-            };
+        Command::Run { config, flags } => {
+            let options = flags.resolve(load_config(config.as_deref())?);
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?

@@ -25,7 +25,7 @@ use crate::{
     outputs::{
         event::{Clock, Context, LossEvent, OpenConnectionEvent, Remote, RequestEvent},
         ledger::{Ledger, store, window::Window},
-        loss::LossCounts,
+        loss::{KernelLoss, LossCounts},
         metrics::{Dimensions, MinuteCounts},
         sink::{Offer, Sink},
         summary::{Limiter, SummaryEvent},
@@ -174,11 +174,14 @@ impl Pipeline {
                     raw_offset = chunk.stream_offset,
                     offset,
                     len = data.len(),
+                    lost = chunk.lost,
                     send_size = chunk.send_size,
                     "send chunk"
                 );
                 let held_before = connection.stream.held_bytes();
-                connection.stream.feed(offset, data, &mut self.items);
+                connection
+                    .stream
+                    .feed(offset, data, u64::from(chunk.lost), &mut self.items);
                 self.held_head_bytes =
                     self.held_head_bytes - held_before + connection.stream.held_bytes();
                 if self.held_head_bytes > MAX_HELD_HEAD_BYTES {
@@ -219,7 +222,7 @@ impl Pipeline {
     }
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
-    pub fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+    pub fn report_loss(&mut self, kernel: &KernelLoss) {
         self.out.report_loss(kernel);
     }
 
@@ -307,16 +310,18 @@ impl Pipeline {
         self.out.ledger.start_window(window);
     }
 
-    /// Brings this run's window up to now and writes the ledger (`stopped`: at a clean stop).
+    /// Brings this run's window up to now (with the host's identity, once known) and writes
+    /// the ledger (`stopped`: at a clean stop).
     pub fn write_ledger(
         &mut self,
         state_dir: &std::path::Path,
-        kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize],
+        kernel: &KernelLoss,
         stopped: bool,
+        identity: Option<&Identity>,
     ) -> Result<(), store::StoreError> {
         let lost = self.out.total_loss(kernel).unseen();
         let now = self.out.clock.now().0;
-        self.out.ledger.update_window(now, lost, stopped);
+        self.out.ledger.update_window(now, lost, stopped, identity);
         store::write(state_dir, self.out.ledger.data())
     }
 
@@ -358,16 +363,18 @@ impl Emitter {
                 }
                 Item::Unknown(reason) => RequestEvent::unknown(reason, ctx),
             };
-            if let Some(metrics) = self.metrics.as_mut().filter(|_| !event.own) {
-                let caller = (&event.who.process.exe, &event.who.systemd_unit);
-                metrics
-                    .counts
-                    .request(event.class, self.connection_ids.hash_one(caller));
-            }
             // The daemon's own requests are not a caller's: they never count against the
-            // verdict.
+            // verdict, nor in the metrics.
             if !event.own {
-                self.ledger.record(&event, ts);
+                let fallback = self.ledger.record(&event, ts);
+                if let Some(metrics) = self.metrics.as_mut() {
+                    let caller = (&event.who.process.exe, &event.who.systemd_unit);
+                    metrics.counts.request(
+                        event.class,
+                        fallback,
+                        self.connection_ids.hash_one(caller),
+                    );
+                }
             }
             let full = match self.limiter.as_mut() {
                 Some(limiter) => limiter.admit(&event, ts, &self.clock, &mut self.summaries),
@@ -461,11 +468,8 @@ impl Emitter {
         }
     }
 
-    /// Everything lost since this run began, the kernel's `kernel` counters merged in.
-    fn total_loss(
-        &self,
-        kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize],
-    ) -> LossCounts {
+    /// Everything lost since this run began, the kernel's `kernel` counts merged in.
+    fn total_loss(&self, kernel: &KernelLoss) -> LossCounts {
         let mut total = self.counts;
         total.processes_evicted = self.who.evicted();
         total.ledger_callers_evicted = self.ledger.callers_evicted() - self.evicted_before;
@@ -478,7 +482,7 @@ impl Emitter {
     }
 
     /// Emits a `loss` event and a log line if anything was lost since the last report.
-    fn report_loss(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+    fn report_loss(&mut self, kernel: &KernelLoss) {
         let total = self.total_loss(kernel);
         let since_last = total.since(&self.reported);
         if since_last.is_zero() {

@@ -53,19 +53,29 @@ impl Netns {
             ]
             .concat())?;
         }
-        // What everything else rests on: inside, the IMDS addresses are local.
+        // What everything else rests on: inside, the IMDS addresses are local. The kernel
+        // adds an IPv6 address's local route from a work queue, after `ip addr add` returns:
+        // on a loaded host it was seen missing at the first look, so it gets two seconds.
         for addr in ["169.254.169.254", "fd00:ec2::254"] {
-            let route = output(
-                Command::new("ip")
-                    .args(["-n", &ns.name, "route", "get", addr])
-                    .env("LC_ALL", "C"),
-            )?;
-            if !route.trim_start().starts_with("local") {
-                return Err(Error::NotLocal {
-                    addr,
-                    netns: ns.name.clone(),
-                    route: route.trim().to_owned(),
-                });
+            let mut tries = 0;
+            loop {
+                let route = output(
+                    Command::new("ip")
+                        .args(["-n", &ns.name, "route", "get", addr])
+                        .env("LC_ALL", "C"),
+                )?;
+                if route.trim_start().starts_with("local") {
+                    break;
+                }
+                tries += 1;
+                if tries == 40 {
+                    return Err(Error::NotLocal {
+                        addr,
+                        netns: ns.name.clone(),
+                        route: route.trim().to_owned(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
         Ok(ns)

@@ -171,6 +171,10 @@ fn metrics_go_to_their_own_file_as_emf() {
     assert!(last["RequestsIMDSv1"].as_u64().unwrap() >= 3, "{last}");
     assert!(last["IMDSv1Callers"].as_u64().unwrap() >= 1, "{last}");
     assert_eq!(last["HostsWithIMDSv1"], 1);
+    assert_eq!(
+        last["IMDSv1Fallbacks"], 0,
+        "curl asked for no token: {last}"
+    );
     // The events file: no EMF in it, and `ts` first in every line, where the agent's
     // timestamp pattern finds it (see agent_config).
     let events = fs::read_to_string(&t.daemon.log_file).unwrap();

@@ -33,8 +33,16 @@ fn setup(state: &Path, imds_args: &[&str]) -> Option<Setup> {
     if !require_root() {
         return None;
     }
+    let metrics = state.join("metrics.jsonl");
     let state = state.to_str().unwrap();
-    let daemon = Daemon::start(&["--backend", &backend().0, "--state-dir", state]);
+    let daemon = Daemon::start(&[
+        "--backend",
+        &backend().0,
+        "--state-dir",
+        state,
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+    ]);
     let ns = Netns::new().or_panic();
     let mut command = ns.command(binary("fake-imds"));
     command.args([
@@ -214,6 +222,21 @@ fn a_current_botocore_whose_token_puts_go_unanswered_is_a_fallback_not_an_old_sd
         "{events:#?}"
     );
     assert!(t.daemon.stop().success());
+    // The per-minute metrics count the fallbacks too (a stop writes the minute so far).
+    let metrics = std::fs::read_to_string(state.path().join("metrics.jsonl")).unwrap();
+    let fallbacks: u64 = metrics
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["IMDSv1Fallbacks"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    let imdsv1 = events[1..]
+        .iter()
+        .filter(|e| e["class"] == "imdsv1")
+        .count() as u64;
+    assert!(fallbacks >= imdsv1, "{fallbacks} < {imdsv1}: {metrics}");
     let (code, report) = run_report(state.path(), &["--min-observed", "0s"]);
     assert_eq!(code, 1, "{report:#}");
     let caller = callers_with_exe(&report, "callers", "python")[0];

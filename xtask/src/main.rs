@@ -4,6 +4,7 @@ mod bench;
 mod boot;
 mod cmd;
 mod files;
+mod fuzz;
 mod package;
 mod sdk;
 mod setup;
@@ -69,6 +70,9 @@ enum Task {
     Package,
     /// Setup, build, then measure as root: overhead, capacity, latency, startup (or all).
     Bench(bench::BenchArgs),
+    /// Setup, then the cargo-fuzz targets in fuzz/, one after the other, with executions,
+    /// coverage and time per target.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +117,10 @@ fn run(task: Task) -> Result<()> {
         Task::Package => {
             setup::run()?;
             package::run(&Workspace::new()?).map(drop)
+        }
+        Task::Fuzz(opts) => {
+            setup::run()?;
+            fuzz::run(&Workspace::new()?, &opts)
         }
     }
 }

@@ -45,14 +45,19 @@ pub const APT_PACKAGES: &[&str] = &[
     "mmdebstrap",
 ];
 
-/// Cargo subcommands `cargo xtask package` builds the packages with, pinned like bpf-linker.
-const PACKAGERS: &[(&str, &str)] = &[("cargo-deb", "3.8.0"), ("cargo-generate-rpm", "0.21.1")];
+/// Cargo subcommands, pinned like bpf-linker: the packagers `cargo xtask package` builds the
+/// packages with, and cargo-fuzz for `cargo xtask fuzz` (and the test's fuzz smoke stage).
+const CARGO_TOOLS: &[(&str, &str)] = &[
+    ("cargo-deb", "3.8.0"),
+    ("cargo-generate-rpm", "0.21.1"),
+    ("cargo-fuzz", "0.13.2"),
+];
 
 pub fn run() -> Result<()> {
     rust_src()?;
     musl_target()?;
     bpf_linker()?;
-    packagers()?;
+    cargo_tools()?;
     apt_packages()?;
     crate::sdk::install()
 }
@@ -106,12 +111,13 @@ fn musl_target() -> Result<()> {
     cmd::run(rustup().args(["target", "add", target]))
 }
 
-/// cargo-deb and cargo-generate-rpm in PREFIX/bin, which every build's PATH starts with.
-fn packagers() -> Result<()> {
-    for &(tool, version) in PACKAGERS {
-        let binary = Path::new(PREFIX).join("bin").join(tool);
-        let found = cmd::output(Command::new(&binary).arg("--version")).ok();
-        // Both print "NAME VERSION" (cargo-deb without the "cargo-" prefix).
+/// The CARGO_TOOLS, found on the builds' PATH (PREFIX/bin first, then wherever cargo installs
+/// by default) or else installed into PREFIX/bin.
+fn cargo_tools() -> Result<()> {
+    let path = build_path()?;
+    for &(tool, version) in CARGO_TOOLS {
+        let found = cmd::output(Command::new(tool).env("PATH", &path).arg("--version")).ok();
+        // Each prints "NAME VERSION" (cargo-deb without the "cargo-" prefix).
         if found
             .as_deref()
             .is_some_and(|found| found.trim().ends_with(version))

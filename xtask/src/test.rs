@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, package, setup, vm, workspace::Workspace};
+use crate::{cmd, fuzz, package, setup, vm, workspace::Workspace};
 
 /// What a stage's failure means for the stages after it.
 #[derive(Clone, Copy, PartialEq)]
@@ -31,6 +31,8 @@ const STAGES: &[Stage] = &[
     Stage("build", Kind::Prerequisite, build),
     Stage("test", Kind::Check, test),
     Stage("package", Kind::Check, |ws| package::run(ws).map(drop)),
+    // Every fuzz target for a few seconds: the long runs are `cargo xtask fuzz --runs N`.
+    Stage("fuzz-smoke", Kind::Check, fuzz::smoke),
     // Every kernel with every backend.
     Stage("vm-test", Kind::Vm, |ws| {
         vm::test(ws, &vm::Options::default())

@@ -113,7 +113,10 @@ impl Redactor {
                 Pending::RestOfArgument => out.push_str(REDACTED),
                 Pending::NextRun => {
                     out.push_str(REDACTED);
-                    *pending = Pending::Nothing;
+                    // A value that is itself a sensitive name (`--token --password x`, a token
+                    // header after `--secret-file`) still hides what follows it: over-redacting
+                    // beats writing the secret (found by the `redact` fuzz target).
+                    *pending = self.redact_run(run, &mut String::new());
                 }
                 Pending::Nothing => *pending = self.redact_run(run, &mut out),
             }
@@ -273,6 +276,22 @@ mod tests {
                 "plain",
             ])
         );
+    }
+
+    #[test]
+    fn a_sensitive_name_taken_as_a_value_still_hides_its_own_value() {
+        for list in [
+            &["--token", "--password", "hunter2"][..],
+            &["--secret", "", "X-aws-ec2-metadata-token: hunter2"],
+            &["-p", "--password=", "hunter2"],
+            &["--auth", "-p", "hunter2"],
+        ] {
+            let out = redact(list);
+            assert!(
+                out.iter().all(|arg| !arg.contains("hunter2")),
+                "{list:?} -> {out:?}"
+            );
+        }
     }
 
     #[test]

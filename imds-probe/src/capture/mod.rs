@@ -3,6 +3,7 @@
 
 pub mod btf_offsets;
 pub mod kernel_log;
+pub mod missed_runs;
 pub mod open_connections;
 pub mod process_events;
 pub(crate) mod process_fd;
@@ -19,7 +20,7 @@ use aya::{
 };
 pub use imds_probe_common::backend::Backend;
 use imds_probe_common::{
-    loss::{LOSS_COUNTERS, LOSS_MAP},
+    loss::LOSS_MAP,
     process::{OFFSETS_READY_GLOBAL, SEND_HOOK_READY_GLOBAL},
     record::RING_BUFFER_MAP,
 };
@@ -28,6 +29,7 @@ use crate::{
     capture::{btf_offsets::Btf, kernel_log::KernelLogLevel, open_connections::OpenConnection},
     causes::Causes,
     host::system::{self, SystemError},
+    outputs::loss::KernelLoss,
 };
 
 /// The kernel object with every program, built by build.rs.
@@ -157,11 +159,19 @@ where
     program.try_into().map_err(program_error(name, "find"))
 }
 
-/// The kernel's loss counters, summed over CPUs into `counts`. A counter whose read fails
-/// keeps its last value (and the failure is logged): reading it as 0 would make the next
-/// report see the count jump back up by its whole total.
-pub fn read_loss(loss: &PerCpuArray<MapData, u64>, counts: &mut [u64; LOSS_COUNTERS as usize]) {
-    update_counters(counts, |index| {
+/// The kernel's loss counters, summed over CPUs, and with `programs` the runs the kernel
+/// skipped, into `counts`. A counter whose read fails keeps its last value (and the failure
+/// is logged): reading it as 0 would make the next report see the count jump back up by its
+/// whole total. Without `programs` (they are detached at shutdown) the last skip count stays.
+pub fn read_loss(
+    loss: &PerCpuArray<MapData, u64>,
+    programs: Option<&Ebpf>,
+    counts: &mut KernelLoss,
+) {
+    if let Some(missed) = programs.and_then(missed_runs::program_runs_missed) {
+        counts.program_runs_missed = missed;
+    }
+    update_counters(&mut counts.counters, |index| {
         loss.get(&index, 0).map(|values| values.iter().sum())
     });
 }

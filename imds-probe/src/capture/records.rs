@@ -169,6 +169,30 @@ pub(crate) mod encode {
         stream_offset: u64,
         data: &[u8],
     ) -> Vec<u8> {
+        send_then_lost(backend, ts_ns, cookie, from, stream_offset, data, 0)
+    }
+
+    /// `lost` bytes sent at `stream_offset` that the kernel side could not capture.
+    pub fn lost(
+        backend: Backend,
+        ts_ns: u64,
+        cookie: u64,
+        from: From,
+        stream_offset: u64,
+        lost: u32,
+    ) -> Vec<u8> {
+        send_then_lost(backend, ts_ns, cookie, from, stream_offset, &[], lost)
+    }
+
+    fn send_then_lost(
+        backend: Backend,
+        ts_ns: u64,
+        cookie: u64,
+        from: From,
+        stream_offset: u64,
+        data: &[u8],
+        lost: u32,
+    ) -> Vec<u8> {
         let mut comm = [0; 16];
         comm[..from.comm.len()].copy_from_slice(from.comm.as_bytes());
         let chunk = SendChunk {
@@ -182,9 +206,9 @@ pub(crate) mod encode {
             remote_addr: IMDS_IPV4_MAPPED,
             remote_port: IMDS_PORT,
             family: AF_INET,
-            send_size: data.len() as u32,
+            send_size: data.len() as u32 + lost,
             len: data.len() as u32,
-            _pad: 0,
+            lost,
         };
         let mut record = bytes(&chunk);
         record.extend_from_slice(data);
@@ -300,7 +324,7 @@ mod tests {
             family: 2,
             send_size: len,
             len,
-            _pad: 0,
+            lost: 0,
         }
     }
 

@@ -1,10 +1,11 @@
 //! The send-hook backends (fentry, kprobe on tcp_sendmsg) and what they need: struct
 //! offsets and iov_iter details of the running kernel, and the close tracepoint. See the
-//! kernel side's `send_hook.rs` for why these hooks and how they read a send.
+//! kernel side's `send_hook.rs` for why these hooks, how they read a send and how they tell
+//! connections apart.
 
 use aya::{
     Ebpf,
-    programs::{FEntry, KProbe, TracePoint},
+    programs::{FEntry, KProbe, RawTracePoint},
 };
 use imds_probe_common::process::SEND_HOOK_GLOBALS;
 
@@ -28,6 +29,7 @@ pub fn kernel_offsets(btf: &Btf) -> Option<Vec<(&'static str, u32)>> {
     let resolve = || -> Result<Vec<(&'static str, u32)>, BtfError> {
         let mut globals = btf.member_offsets(&SEND_HOOK_GLOBALS)?;
         globals.extend(iov_iter_layout(btf)?);
+        globals.push(("OFF_SOCKET_INODE", socket_inode_offset(btf)?));
         Ok(globals)
     };
     resolve()
@@ -37,6 +39,17 @@ pub fn kernel_offsets(btf: &Btf) -> Option<Vec<(&'static str, u32)>> {
             )
         })
         .ok()
+}
+
+/// From a `struct socket` to the inode allocated with it: both live in one `struct
+/// socket_alloc` (include/net/sock.h), the socket first on every kernel we know, which is
+/// looked up rather than assumed.
+fn socket_inode_offset(btf: &Btf) -> Result<u32, BtfError> {
+    let socket = btf.member_offset("socket_alloc", "socket")?;
+    let inode = btf.member_offset("socket_alloc", "vfs_inode")?;
+    inode.checked_sub(socket).ok_or(BtfError::Malformed {
+        what: "socket_alloc's inode precedes its socket",
+    })
 }
 
 /// iov_iter changed shape: 5.14 turned `unsigned int type` (direction in bit 0, type flags
@@ -114,12 +127,12 @@ fn note_sendpage(hooked: Result<(), aya::programs::ProgramError>) {
 /// Without the close, hooked connections would only leave the tables by eviction, so a
 /// backend whose close tracepoint does not attach is refused as a whole.
 fn attach_close(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let program: &mut TracePoint = program(ebpf, CLOSE)?;
+    let program: &mut RawTracePoint = program(ebpf, CLOSE)?;
     if program.fd().is_err() {
         program.load().map_err(program_error(CLOSE, "load"))?;
     }
     program
-        .attach("sock", "inet_sock_set_state")
+        .attach("inet_sock_set_state")
         .map_err(program_error(CLOSE, "attach"))?;
     Ok(())
 }
@@ -150,5 +163,7 @@ mod tests {
         );
         assert_ne!(get("ITER_IOVEC_VALUE"), get("ITER_UBUF_VALUE"));
         assert!(get("OFF_ITER_COUNT") > get("OFF_ITER_IOV"));
+        assert!(get("OFF_SOCKET_INODE") > 0, "the inode follows the socket");
+        assert_ne!(get("OFF_SKC_NUM"), get("OFF_SKC_DPORT"));
     }
 }

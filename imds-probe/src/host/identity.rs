@@ -39,15 +39,16 @@ const MAX_RESPONSE: usize = 16 * 1024;
 /// The token is used once, at once.
 const TOKEN_TTL_SECONDS: u32 = 60;
 
-/// The host's identity, from the instance identity document.
+/// The host's identity, from the instance identity document (camelCase there; snake_case in
+/// the ledger and the report, which read both).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct Identity {
-    #[serde(rename(deserialize = "instanceId"))]
+    #[serde(alias = "instanceId")]
     pub instance_id: String,
     pub region: String,
-    #[serde(rename(deserialize = "accountId"))]
+    #[serde(alias = "accountId")]
     pub account_id: String,
-    #[serde(rename(deserialize = "imageId"))]
+    #[serde(alias = "imageId")]
     pub image_id: String,
 }
 
@@ -236,6 +237,19 @@ mod tests {
                 image_id: "ami-0abcdef1234567890".into(),
             }
         );
+    }
+
+    #[test]
+    fn the_ledgers_form_reads_back() {
+        let identity = Identity {
+            instance_id: "i-0123456789abcdef0".into(),
+            region: "eu-west-1".into(),
+            account_id: "123456789012".into(),
+            image_id: "ami-0abcdef1234567890".into(),
+        };
+        let json = serde_json::to_value(&identity).unwrap();
+        assert_eq!(json["instance_id"], "i-0123456789abcdef0");
+        assert_eq!(serde_json::from_value::<Identity>(json).unwrap(), identity);
     }
 
     #[test]

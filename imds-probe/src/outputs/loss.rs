@@ -4,6 +4,15 @@
 
 use serde::Serialize;
 
+/// What the kernel side lost, as last read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelLoss {
+    /// The programs' own counters, indexed as in `imds_probe_common::loss`.
+    pub counters: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize],
+    /// Runs of the programs the kernel skipped (`capture::missed_runs`).
+    pub program_runs_missed: u64,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LossCounts {
     /// Kernel: send records that did not fit in the ring buffer.
@@ -22,6 +31,9 @@ pub struct LossCounts {
     /// Kernel: exec/fork/exit records that did not fit in the ring buffer (attribution of
     /// the processes concerned falls back to /proc).
     pub ring_buffer_full_process: u64,
+    /// Kernel: runs of our programs that the kernel skipped (a send or close not seen),
+    /// from the programs' `recursion_misses`.
+    pub program_runs_missed: u64,
     /// User space: records that did not decode.
     pub decode_errors: u64,
     /// User space: connections dropped from a full connection table.
@@ -67,6 +79,9 @@ impl LossCounts {
             ring_buffer_full_process: self
                 .ring_buffer_full_process
                 .saturating_sub(earlier.ring_buffer_full_process),
+            program_runs_missed: self
+                .program_runs_missed
+                .saturating_sub(earlier.program_runs_missed),
             decode_errors: self.decode_errors.saturating_sub(earlier.decode_errors),
             connections_evicted: self
                 .connections_evicted
@@ -108,6 +123,7 @@ impl LossCounts {
             + self.connections_untracked
             + self.read_failed
             + self.ring_buffer_full_process
+            + self.program_runs_missed
             + self.decode_errors
             + self.connections_evicted
             + self.processes_evicted
@@ -118,9 +134,11 @@ impl LossCounts {
         *self == Self::default()
     }
 
-    /// Takes the kernel's counters, indexed as in `imds_probe_common::loss`.
-    pub fn set_kernel(&mut self, kernel: [u64; imds_probe_common::loss::LOSS_COUNTERS as usize]) {
+    /// Takes the kernel's counts.
+    pub fn set_kernel(&mut self, kernel: &KernelLoss) {
         use imds_probe_common::loss::*;
+        self.program_runs_missed = kernel.program_runs_missed;
+        let kernel = &kernel.counters;
         self.ring_buffer_full = kernel[LOSS_RING_BUFFER_SEND as usize];
         self.ring_buffer_full_close = kernel[LOSS_RING_BUFFER_CLOSE as usize];
         self.send_truncated = kernel[LOSS_SEND_TRUNCATED as usize];

@@ -21,13 +21,15 @@ pub const NAMESPACE: &str = "IMDSProbe";
 const MAX_CALLERS_PER_MINUTE: usize = 4096;
 
 /// Which dimension sets the metrics carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Dimensions {
-    /// None: one metric per name for the whole fleet (about 7 custom metrics in all).
+    /// None: one metric per name for the whole fleet (8 custom metrics in all).
     #[default]
     Fleet,
-    /// The fleet-wide metrics, and the same per InstanceId (7 more custom metrics per host).
+    /// The fleet-wide metrics, and the same per InstanceId (8 more custom metrics per host).
     PerInstance,
 }
 
@@ -40,16 +42,21 @@ pub struct MinuteCounts {
     unknown: u64,
     /// Hashes of the IMDSv1 callers' (executable, systemd unit), bounded.
     imdsv1_callers: HashSet<u64>,
+    /// IMDSv1 requests that were an SDK's fallback after its token PUT went unanswered (the
+    /// hop limit, in a container): the fix is the hop limit, not the SDK.
+    fallbacks: u64,
     lost: u64,
 }
 
 impl MinuteCounts {
-    /// Counts one request of a caller identified by `caller` (a hash of what names it). The
-    /// daemon's own requests are not counted: they are not callers to fix.
-    pub fn request(&mut self, class: Class, caller: u64) {
+    /// Counts one request of a caller identified by `caller` (a hash of what names it);
+    /// `fallback`: an IMDSv1 request after a token PUT that got no answer (the ledger tells).
+    /// The daemon's own requests are not counted: they are not callers to fix.
+    pub fn request(&mut self, class: Class, fallback: bool, caller: u64) {
         match class {
             Class::Imdsv1 => {
                 self.imdsv1 += 1;
+                self.fallbacks += u64::from(fallback);
                 if self.imdsv1_callers.len() < MAX_CALLERS_PER_MINUTE {
                     self.imdsv1_callers.insert(caller);
                 }
@@ -81,6 +88,7 @@ impl MinuteCounts {
             ("RequestsUnknown", counts.unknown),
             ("IMDSv1Callers", counts.imdsv1_callers.len() as u64),
             ("HostsWithIMDSv1", u64::from(counts.imdsv1 > 0)),
+            ("IMDSv1Fallbacks", counts.fallbacks),
             ("LostEvents", counts.lost),
         ];
         let dimension_sets = match (dimensions, identity) {
@@ -140,11 +148,15 @@ mod tests {
     fn a_minute_of_requests_becomes_one_emf_line() {
         let mut counts = MinuteCounts::default();
         for caller in [1, 1, 2] {
-            counts.request(Class::Imdsv1, caller);
+            counts.request(Class::Imdsv1, false, caller);
         }
-        counts.request(Class::Token, 3);
-        counts.request(Class::Imdsv2, 3);
-        counts.request(Class::Unknown, 4);
+        counts.request(Class::Token, false, 3);
+        counts.request(Class::Imdsv2, false, 3);
+        counts.request(Class::Unknown, false, 4);
+        // An SDK whose token PUT went unanswered, falling back twice.
+        counts.request(Class::Token, false, 5);
+        counts.request(Class::Imdsv1, true, 5);
+        counts.request(Class::Imdsv1, true, 5);
         counts.lost(5);
         let line = line(&mut counts, Dimensions::Fleet, Some(&identity()));
         let directive = &line["_aws"]["CloudWatchMetrics"][0];
@@ -157,10 +169,11 @@ mod tests {
             assert!(line[name].is_u64(), "{name} missing");
             assert_eq!(metric["Unit"], "Count");
         }
-        assert_eq!(line["RequestsIMDSv1"], 3);
-        assert_eq!(line["IMDSv1Callers"], 2);
+        assert_eq!(line["RequestsIMDSv1"], 5);
+        assert_eq!(line["IMDSv1Callers"], 3);
+        assert_eq!(line["IMDSv1Fallbacks"], 2);
         assert_eq!(line["HostsWithIMDSv1"], 1);
-        assert_eq!(line["RequestsToken"], 1);
+        assert_eq!(line["RequestsToken"], 2);
         assert_eq!(line["RequestsIMDSv2"], 1);
         assert_eq!(line["RequestsUnknown"], 1);
         assert_eq!(line["LostEvents"], 5);
@@ -169,6 +182,7 @@ mod tests {
         let next = super::tests::line(&mut counts, Dimensions::Fleet, None);
         assert_eq!(next["RequestsIMDSv1"], 0);
         assert_eq!(next["HostsWithIMDSv1"], 0);
+        assert_eq!(next["IMDSv1Fallbacks"], 0);
         assert!(next.get("InstanceId").is_none());
     }
 
@@ -191,7 +205,7 @@ mod tests {
     fn distinct_callers_are_bounded() {
         let mut counts = MinuteCounts::default();
         for caller in 0..(MAX_CALLERS_PER_MINUTE as u64 + 100) {
-            counts.request(Class::Imdsv1, caller);
+            counts.request(Class::Imdsv1, false, caller);
         }
         let line = line(&mut counts, Dimensions::Fleet, None);
         assert_eq!(line["IMDSv1Callers"], MAX_CALLERS_PER_MINUTE as u64);

@@ -12,7 +12,6 @@ use std::{
     rc::Rc,
 };
 
-use imds_probe_common::loss::LOSS_COUNTERS;
 use proptest::prelude::*;
 
 use super::Pipeline;
@@ -27,6 +26,7 @@ use crate::{
     outputs::{
         event::{Clock, Readings},
         ledger::{Ledger, LedgerData},
+        loss::KernelLoss,
         sink::{Offer, Sink},
     },
 };
@@ -402,6 +402,30 @@ fn a_gap_in_the_stream_is_a_capture_gap() {
         .check("gap");
 }
 
+/// A send hook's first record on a connection may say that its bytes could not be read
+/// (sendfile): the request is unknown, from that sender, not missing.
+#[test]
+fn bytes_lost_first_on_a_connection_are_an_unknown_request_from_their_sender() {
+    let from = From {
+        pid: PYTHON,
+        tid: PYTHON,
+        uid: 1000,
+        gid: 1000,
+        cgroup_id: CRON_CGROUP,
+        comm: "python3",
+    };
+    Run::new()
+        .feed(&[encode::lost(
+            Backend::Kprobe,
+            at(1),
+            18,
+            from,
+            4_000_000_000,
+            120,
+        )])
+        .check("lost_first");
+}
+
 /// Records that do not decode are counted, and reported with the kernel's counts.
 #[test]
 fn undecodable_records_are_counted_as_loss() {
@@ -410,11 +434,12 @@ fn undecodable_records_are_counted_as_loss() {
     let mut unknown_backend = send(2, 18, sk_msg_sender(PYTHON, 1000, 0), 0, V1_GET);
     unknown_backend[4] = 9;
     let mut run = Run::new().feed(&[unknown_kind, unknown_backend, vec![5, 0, 0]]);
-    let mut kernel = [0; LOSS_COUNTERS as usize];
-    kernel[imds_probe_common::loss::LOSS_RING_BUFFER_PROCESS as usize] = 2;
-    run.pipeline.report_loss(kernel);
+    let mut kernel = KernelLoss::default();
+    kernel.counters[imds_probe_common::loss::LOSS_RING_BUFFER_PROCESS as usize] = 2;
+    kernel.program_runs_missed = 3;
+    run.pipeline.report_loss(&kernel);
     // Nothing new: no second event.
-    run.pipeline.report_loss(kernel);
+    run.pipeline.report_loss(&kernel);
     run.check("loss");
 }
 
@@ -512,7 +537,7 @@ proptest! {
         let mut run = Run::new().feed(&records);
         run.pipeline.tick();
         run.pipeline.finish();
-        run.pipeline.report_loss([0; LOSS_COUNTERS as usize]);
+        run.pipeline.report_loss(&KernelLoss::default());
         for line in run.lines() {
             prop_assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok(), "{line}");
         }
@@ -542,7 +567,7 @@ fn idle_sockets_give_up_their_place_in_the_socket_hash() {
     let lines = run.lines();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains(r#""reason":"evicted""#), "{}", lines[0]);
-    run.pipeline.report_loss([0; LOSS_COUNTERS as usize]);
+    run.pipeline.report_loss(&KernelLoss::default());
     let loss = run.lines().pop().unwrap();
     let expected = format!(r#""sockets_evicted":{}"#, victims.len());
     assert!(loss.contains(&expected), "{loss}");
@@ -568,6 +593,6 @@ fn held_heads_are_capped_across_connections() {
         "{}",
         lines[0]
     );
-    run.pipeline.report_loss([0; LOSS_COUNTERS as usize]);
+    run.pipeline.report_loss(&KernelLoss::default());
     assert!(run.lines().pop().unwrap().contains(r#""heads_shed":1"#));
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::{
     attribution::cgroup_path::Container,
+    host::identity::Identity,
     outputs::{
         event::Timestamp,
         ledger::{
@@ -58,6 +59,9 @@ pub struct Report {
     pub verdict: Verdict,
     /// Why the verdict is what it is, one sentence each.
     pub reasons: Vec<String>,
+    /// Who the host is (instance id, region, account, AMI), as the latest run that learned it
+    /// from the IMDS recorded; null when no run did (not asked, or not on EC2).
+    pub host: Option<Identity>,
     pub observed: Observed,
     /// By IMDSv1 requests, most first.
     pub callers: Vec<CallerReport>,
@@ -143,6 +147,7 @@ pub fn build(data: Option<&LedgerData>, options: &Options) -> Report {
                 "no ledger: the daemon has not run here (or --state-dir points elsewhere)"
                     .to_owned(),
             ],
+            host: None,
             observed: observed(&[], options),
             callers: Vec::new(),
             probes: Vec::new(),
@@ -201,6 +206,7 @@ pub fn build(data: Option<&LedgerData>, options: &Options) -> Report {
     Report {
         verdict,
         reasons,
+        host: data.windows.iter().rev().find_map(|w| w.identity.clone()),
         observed,
         callers,
         probes,
@@ -342,6 +348,7 @@ mod tests {
             backend: "sk_msg".into(),
             lost: 0,
             unknown: 0,
+            identity: None,
         }
     }
 
@@ -451,7 +458,9 @@ mod tests {
     fn the_json_contract_has_its_fields() {
         let data = ledger(vec![window(0, 60, "a")], &[V1]);
         let json = serde_json::to_value(build(Some(&data), &options(61, 0))).unwrap();
-        for key in ["verdict", "reasons", "observed", "callers", "probes"] {
+        for key in [
+            "verdict", "reasons", "host", "observed", "callers", "probes",
+        ] {
             assert!(json.get(key).is_some(), "{key}");
         }
         for key in ["since", "seconds", "runs", "gaps", "lost"] {
@@ -474,5 +483,33 @@ mod tests {
         }
         assert_eq!(caller["requests"]["imdsv1"], 1);
         assert_eq!(json["verdict"], "not_safe");
+        assert_eq!(json["host"], serde_json::Value::Null, "never learned");
+    }
+
+    fn identity(instance_id: &str) -> Identity {
+        Identity {
+            instance_id: instance_id.into(),
+            region: "eu-west-1".into(),
+            account_id: "123456789012".into(),
+            image_id: "ami-0abcdef1234567890".into(),
+        }
+    }
+
+    #[test]
+    fn the_host_is_the_latest_run_that_learned_it() {
+        let mut learned = window(0, HOUR, "a");
+        learned.identity = Some(identity("i-0aaaaaaaaaaaaaaaa"));
+        let mut newer = window(2 * HOUR, 3 * HOUR, "a");
+        newer.identity = Some(identity("i-0bbbbbbbbbbbbbbbb"));
+        // The latest run was off the network the whole time: the one before tells.
+        let unknown = window(4 * HOUR, 5 * HOUR, "a");
+        let data = ledger(vec![learned, newer, unknown], &[V2]);
+        let report = build(Some(&data), &options(5 * HOUR, 0));
+        assert_eq!(report.host, Some(identity("i-0bbbbbbbbbbbbbbbb")));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["host"]["instance_id"], "i-0bbbbbbbbbbbbbbbb");
+        for key in ["region", "account_id", "image_id"] {
+            assert!(json["host"][key].is_string(), "host.{key}");
+        }
     }
 }

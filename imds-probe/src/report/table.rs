@@ -19,6 +19,17 @@ pub fn render(report: &Report) -> String {
     for reason in &report.reasons {
         let _ = writeln!(out, "  - {reason}");
     }
+    let _ = match &report.host {
+        Some(host) => writeln!(
+            out,
+            "Host {} (account {}, {}, {})",
+            host.instance_id, host.account_id, host.region, host.image_id
+        ),
+        None => writeln!(
+            out,
+            "Host: identity unknown (not asked, or no answer from the IMDS: not on EC2?)"
+        ),
+    };
     let o = &report.observed;
     let _ = writeln!(
         out,
@@ -198,5 +209,42 @@ mod tests {
             "{text}"
         );
         assert!(lines[header + 2].contains("/usr/bin/curl"), "{text}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("Host: identity unknown")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_host_is_named() {
+        let mut data = LedgerData::default();
+        let mut window = crate::outputs::ledger::window::Window::start(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(100),
+            "sk_msg",
+        );
+        window.identity = Some(crate::host::identity::Identity {
+            instance_id: "i-0123456789abcdef0".into(),
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+            image_id: "ami-0abcdef1234567890".into(),
+        });
+        data.windows.push(window);
+        let report = build(
+            Some(&data),
+            &Options {
+                since: None,
+                min_observed: Duration::ZERO,
+                now: SystemTime::UNIX_EPOCH + Duration::from_secs(100),
+            },
+        );
+        let text = render(&report);
+        assert!(
+            text.contains(
+                "Host i-0123456789abcdef0 (account 123456789012, us-east-1, ami-0abcdef1234567890)"
+            ),
+            "{text}"
+        );
     }
 }

@@ -24,7 +24,8 @@ pub enum UnknownReason {
     BadContentLength,
     /// The connection closed in the middle of a request head.
     IncompleteAtClose,
-    /// Bytes of the connection were not captured (ring buffer full, or a send too large).
+    /// Bytes of the connection were not captured (ring buffer full, a send too large, or
+    /// one a send hook cannot read, such as sendfile's).
     CaptureGap,
     /// The previous request's body was not length-delimited, so where the next request
     /// starts is unknown.
@@ -84,30 +85,43 @@ impl Default for RequestStream {
 }
 
 impl RequestStream {
-    /// Feeds the chunk that starts at `offset` in the connection's byte stream.
-    pub fn feed(&mut self, offset: u64, mut data: &[u8], out: &mut Vec<Item>) {
-        if offset < self.next_offset {
-            // Bytes seen before: a send hook captures a whole send at entry, and a sender
-            // whose send was only partly queued sends the rest again. Keep what is new.
-            let seen = (self.next_offset - offset).min(data.len() as u64) as usize;
-            data = &data[seen..];
-            if data.is_empty() {
-                return;
+    /// Feeds the chunk that starts at `offset` in the connection's byte stream, followed by
+    /// `lost` bytes that were sent but not captured.
+    pub fn feed(&mut self, offset: u64, data: &[u8], lost: u64, out: &mut Vec<Item>) {
+        let lost_end = offset
+            .saturating_add(data.len() as u64)
+            .saturating_add(lost);
+        if offset > self.next_offset {
+            // A hole: records that never arrived.
+            self.missing_until(offset, out);
+        }
+        // Bytes seen before: a send hook captures a whole send at entry, and a sender whose
+        // send was only partly queued sends the rest again. Keep what is new.
+        let seen = self
+            .next_offset
+            .saturating_sub(offset)
+            .min(data.len() as u64) as usize;
+        let new = &data[seen..];
+        if !new.is_empty() {
+            self.next_offset += new.len() as u64;
+            if self.pending.is_empty() {
+                self.process(new, out);
+            } else {
+                let mut joined = std::mem::take(&mut self.pending);
+                joined.extend_from_slice(new);
+                self.process(&joined, out);
             }
-        } else if offset > self.next_offset {
-            // A hole: whatever was in flight, and whatever the missing bytes held, cannot be
-            // told apart any more.
-            self.next_offset = offset;
-            self.desynchronise(UnknownReason::CaptureGap, out);
         }
-        self.next_offset += data.len() as u64;
-        if self.pending.is_empty() {
-            self.process(data, out);
-        } else {
-            let mut joined = std::mem::take(&mut self.pending);
-            joined.extend_from_slice(data);
-            self.process(&joined, out);
+        if lost_end > self.next_offset {
+            self.missing_until(lost_end, out);
         }
+    }
+
+    /// The bytes from `next_offset` to `end` were not captured: whatever was in flight, and
+    /// whatever the missing bytes held, cannot be told apart any more.
+    fn missing_until(&mut self, end: u64, out: &mut Vec<Item>) {
+        self.next_offset = end;
+        self.desynchronise(UnknownReason::CaptureGap, out);
     }
 
     fn process(&mut self, mut data: &[u8], out: &mut Vec<Item>) {
@@ -209,7 +223,7 @@ mod tests {
         let mut out = Vec::new();
         let mut offset = 0;
         for chunk in chunks {
-            stream.feed(offset, chunk, &mut out);
+            stream.feed(offset, chunk, 0, &mut out);
             offset += chunk.len() as u64;
         }
         stream.finish(UnknownReason::IncompleteAtClose, &mut out);
@@ -257,9 +271,9 @@ mod tests {
     fn bytes_seen_again_are_skipped() {
         let mut stream = RequestStream::default();
         let mut out = Vec::new();
-        stream.feed(0, &V1[..30], &mut out);
-        stream.feed(10, &V1[10..], &mut out);
-        stream.feed(5, &V1[5..20], &mut out);
+        stream.feed(0, &V1[..30], 0, &mut out);
+        stream.feed(10, &V1[10..], 0, &mut out);
+        stream.feed(5, &V1[5..20], 0, &mut out);
         stream.finish(UnknownReason::IncompleteAtClose, &mut out);
         assert_eq!(
             summary(&out),
@@ -267,14 +281,38 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_zero_length_marker_past_the_end_reports_the_gap() {
+    /// Feeds `(offset, bytes, lost)` records, then closes.
+    fn run_records(records: &[(u64, &[u8], u64)]) -> Vec<String> {
         let mut stream = RequestStream::default();
         let mut out = Vec::new();
-        stream.feed(0, V1, &mut out);
-        stream.feed(V1.len() as u64 + 60, &[], &mut out);
+        for &(offset, data, lost) in records {
+            stream.feed(offset, data, lost, &mut out);
+        }
+        stream.finish(UnknownReason::IncompleteAtClose, &mut out);
+        summary(&out)
+    }
+
+    #[test]
+    fn lost_bytes_are_one_unknown_whatever_came_before_them() {
+        let v1 = V1.len() as u64;
+        // Nothing before: the first record of the connection says its bytes were lost.
+        assert_eq!(run_records(&[(0, &[], 60)]), ["unknown CaptureGap"]);
+        // A complete request before.
         assert_eq!(
-            summary(&out),
+            run_records(&[(0, V1, 0), (v1, &[], 60)]),
+            [
+                "GET /latest/meta-data/instance-id token=false",
+                "unknown CaptureGap"
+            ]
+        );
+        // Half a request before: it and the lost bytes are one request, one unknown.
+        assert_eq!(
+            run_records(&[(0, &V1[..20], 0), (20, &[], 60)]),
+            ["unknown CaptureGap"]
+        );
+        // Captured bytes followed by a lost tail, in one record.
+        assert_eq!(
+            run_records(&[(0, V1, 4000)]),
             [
                 "GET /latest/meta-data/instance-id token=false",
                 "unknown CaptureGap"
@@ -283,13 +321,41 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_is_not_followed_after_lost_bytes() {
+        // One unreadable send reaching TCP in pieces (tcp_sendpage per page), and a resent
+        // part of it: one unknown.
+        assert_eq!(
+            run_records(&[(0, &[], 100), (100, &[], 50), (120, &[], 30)]),
+            ["unknown CaptureGap"]
+        );
+        // Where a request would start after them cannot be known: one unknown stands for the
+        // rest of the connection.
+        assert_eq!(
+            run_records(&[
+                (0, &[], 100),
+                (100, V1, 0),
+                (100 + V1.len() as u64, &[], 10)
+            ]),
+            ["unknown CaptureGap"]
+        );
+        // Lost bytes already covered by captured ones are not lost.
+        assert_eq!(
+            run_records(&[(0, V1, 0), (0, &[], 10)]),
+            ["GET /latest/meta-data/instance-id token=false"]
+        );
+    }
+
+    #[test]
     fn gap_desynchronises() {
-        let mut stream = RequestStream::default();
-        let mut out = Vec::new();
-        stream.feed(0, &V1[..10], &mut out);
-        stream.feed(500, V1, &mut out);
-        stream.finish(UnknownReason::IncompleteAtClose, &mut out);
-        assert_eq!(summary(&out), ["unknown CaptureGap"]);
+        assert_eq!(
+            run_records(&[(0, &V1[..10], 0), (500, V1, 0)]),
+            ["unknown CaptureGap"]
+        );
+        // A hole and the marker of a lost tail right after it are one run.
+        assert_eq!(
+            run_records(&[(0, &V1[..10], 0), (500, &[], 100)]),
+            ["unknown CaptureGap"]
+        );
     }
 
     #[test]
@@ -364,7 +430,7 @@ mod tests {
             let mut out = Vec::new();
             let mut offset = 0;
             for chunk in &chunks {
-                stream.feed(offset, chunk, &mut out);
+                stream.feed(offset, chunk, 0, &mut out);
                 offset += chunk.len() as u64;
                 prop_assert!(stream.held_bytes() <= MAX_HEAD_BYTES);
             }

@@ -71,7 +71,10 @@ for backend in $backends; do
     echo "IMDS-VM-START kernel=$kernel backend=$backend"
     result=success
     ran=0
-    for test in /opt/imds-probe/tests/*; do
+    # Backend-independent tests (tests-once/) run with the first backend only.
+    once=
+    [ "$backend" = "${backends%% *}" ] && once=/opt/imds-probe/tests-once/*
+    for test in /opt/imds-probe/tests/* $once; do
         [ -x "$test" ] || continue
         ran=$((ran + 1))
         echo "IMDS-VM-RUN backend=$backend test=${test##*/}"

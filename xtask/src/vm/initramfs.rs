@@ -22,6 +22,8 @@ use crate::{cmd, setup};
 pub const BIN_DIR: &str = "opt/imds-probe/bin";
 /// Every integration test executable here runs once per backend.
 pub const TESTS_DIR: &str = "opt/imds-probe/tests";
+/// These run once per kernel, with the first backend: what they check does not depend on it.
+pub const ONCE_TESTS_DIR: &str = "opt/imds-probe/tests-once";
 
 /// Host tools the tests call (by name, through PATH); `kill`, `env`, `sh` and the rest are
 /// busybox. node runs the JavaScript SDK test; util-linux's setpriv the privilege tests
@@ -78,6 +80,8 @@ pub struct Contents<'a> {
     pub bins: &'a [(String, PathBuf)],
     /// (name in TESTS_DIR, host path).
     pub tests: &'a [(String, PathBuf)],
+    /// (name in ONCE_TESTS_DIR, host path).
+    pub once_tests: &'a [(String, PathBuf)],
 }
 
 /// Writes the image to `out` and returns its size in bytes.
@@ -97,7 +101,11 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<u64> {
         tree.add_host_path(Path::new(top))?;
     }
 
-    for (dir, files) in [(BIN_DIR, contents.bins), (TESTS_DIR, contents.tests)] {
+    for (dir, files) in [
+        (BIN_DIR, contents.bins),
+        (TESTS_DIR, contents.tests),
+        (ONCE_TESTS_DIR, contents.once_tests),
+    ] {
         for (name, source) in files {
             tree.insert(&format!("{dir}/{name}"), Entry::File(source.clone(), 0o755))?;
             elves.push(source.clone());

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    host::identity::Identity,
     outputs::{
         event::RequestEvent,
         ledger::{
@@ -104,17 +105,28 @@ impl Ledger {
         self.data.windows.push(window);
     }
 
-    /// Brings this run's window up to `now` with its losses so far.
-    pub fn update_window(&mut self, now: std::time::SystemTime, lost: u64, stopped: bool) {
+    /// Brings this run's window up to `now` with its losses so far, and who the host is once
+    /// known.
+    pub fn update_window(
+        &mut self,
+        now: std::time::SystemTime,
+        lost: u64,
+        stopped: bool,
+        identity: Option<&Identity>,
+    ) {
         if let Some(window) = self.data.windows.last_mut() {
             window.end = crate::outputs::event::Timestamp(now);
             window.lost = lost;
             window.stopped = stopped;
+            if let Some(identity) = identity {
+                window.identity = Some(identity.clone());
+            }
         }
     }
 
     /// Counts one request; `monotonic_ns` orders a process's requests for fallback detection.
-    pub fn record(&mut self, event: &RequestEvent, monotonic_ns: u64) {
+    /// Returns whether the request is a fallback to IMDSv1 (see `fallback`).
+    pub fn record(&mut self, event: &RequestEvent, monotonic_ns: u64) -> bool {
         let pid = event.who.process.pid;
         let fallback = self.fallback.observe(pid, event.class, monotonic_ns);
         if event.class == Class::Unknown
@@ -147,6 +159,7 @@ impl Ledger {
             }
         };
         self.list_mut(probe)[index].record(&request);
+        fallback
     }
 
     pub fn callers_evicted(&self) -> u64 {

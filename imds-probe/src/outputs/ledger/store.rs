@@ -60,7 +60,13 @@ pub fn read(path: &Path) -> Result<Option<LedgerData>, StoreError> {
             });
         }
     };
-    let data: LedgerData = serde_json::from_slice(&bytes).map_err(|source| StoreError::Parse {
+    parse(path, &bytes).map(Some)
+}
+
+/// A ledger file's bytes decoded (`path` only names the file in errors). Apart from `read` so
+/// the fuzz target can feed it any bytes without a file.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<LedgerData, StoreError> {
+    let data: LedgerData = serde_json::from_slice(bytes).map_err(|source| StoreError::Parse {
         path: path.to_owned(),
         source,
     })?;
@@ -70,7 +76,7 @@ pub fn read(path: &Path) -> Result<Option<LedgerData>, StoreError> {
             found: data.version,
         });
     }
-    Ok(Some(data))
+    Ok(data)
 }
 
 /// The daemon's start: the ledger as it was, or a fresh one when there is none. One that

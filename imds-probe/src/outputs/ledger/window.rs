@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::outputs::event::Timestamp;
+use crate::{host::identity::Identity, outputs::event::Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
@@ -25,6 +25,10 @@ pub struct Window {
     pub lost: u64,
     /// Requests seen only in part (`unknown`).
     pub unknown: u64,
+    /// Who the host was during the run, once the IMDS told (absent: not asked, not yet
+    /// answered, off EC2, or a ledger from before identities were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
 }
 
 impl Window {
@@ -40,6 +44,7 @@ impl Window {
             backend: backend.to_owned(),
             lost: 0,
             unknown: 0,
+            identity: None,
         }
     }
 
