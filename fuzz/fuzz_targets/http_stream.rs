@@ -1,5 +1,7 @@
 //! Reassembly, HTTP head parsing and classification fed any byte stream in any split: the
-//! first eight bytes are the chunk sizes (used in turn), the rest is the stream.
+//! first eight bytes are the chunk sizes (used in turn), the rest is the stream. A size byte
+//! with its high bit set also says that its low four bits' worth of bytes after the chunk were
+//! lost (as a send hook reports an unreadable send).
 #![no_main]
 
 use imds_probe::streams::{
@@ -22,8 +24,13 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         let (chunk, tail) = rest.split_at((usize::from(cut) + 1).min(rest.len()));
-        stream.feed(offset, chunk, &mut items);
-        offset += chunk.len() as u64;
+        let lost = if cut & 0x80 != 0 {
+            u64::from(cut & 0x0f)
+        } else {
+            0
+        };
+        stream.feed(offset, chunk, lost, &mut items);
+        offset += chunk.len() as u64 + lost;
         rest = tail;
     }
     stream.finish(UnknownReason::IncompleteAtClose, &mut items);

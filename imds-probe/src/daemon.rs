@@ -94,7 +94,7 @@ pub struct CloudWatchOptions {
 
 const NEEDS_LOG_FILE: &str = "--cloudwatch-log-group (cloudwatch.log_group) needs --log-file (events.log_file): the file is what is shipped, and the buffer while CloudWatch is out of reach";
 
-pub async fn run(mut options: RunOptions) -> Result<()> {
+pub async fn run(options: RunOptions) -> Result<()> {
     // Options that cannot work are refused before anything is loaded.
     if options.cloudwatch.is_some() {
         anyhow::ensure!(
@@ -175,6 +175,8 @@ pub async fn run(mut options: RunOptions) -> Result<()> {
     } else {
         identity::unknown()
     };
+    #[cfg(feature = "cloudwatch-logs")]
+    let mut options = options;
     #[cfg(feature = "cloudwatch-logs")]
     let shipper = match options.cloudwatch.take() {
         Some(cloudwatch) => {

@@ -103,6 +103,7 @@ pub fn unknown() -> IdentityWatch {
 }
 
 /// Waits for the identity; `None` once the daemon stopped asking without an answer.
+#[cfg(feature = "cloudwatch-logs")]
 pub async fn wait(watch: &mut IdentityWatch) -> Option<Arc<Identity>> {
     watch
         .wait_for(Option::is_some)
