@@ -347,3 +347,9 @@ impl Daemon {
         self.stop()
     }
 }
+
+/// Python that reads socket `s` to EOF (with `time` imported), retrying EAGAIN. On a socket in
+/// sk_msg's socket hash a blocking recv after a half-close can get EAGAIN on a write-space
+/// wakeup (the README's "What a watched client may notice"; a 6.1 sk-msg cell failed a test on
+/// it once): tests that check the events, not the client's read, read with this.
+pub const PY_READ_TO_EOF: &str = "while True:\n    try:\n        if not s.recv(65536): break\n    except BlockingIOError:\n        time.sleep(0.01)\n";

@@ -6,7 +6,7 @@ use std::{
     process::{Child, Stdio},
 };
 
-use imds_probe_tests::{Daemon, Netns, Setup, only, requests_where};
+use imds_probe_tests::{Daemon, Netns, PY_READ_TO_EOF, Setup, only, requests_where};
 use serde_json::Value;
 
 const V1_PATH: &str = "http://169.254.169.254/latest/meta-data/instance-id";
@@ -33,7 +33,7 @@ fn py(addr: &str, body: &str) -> String {
     };
     format!(
         "import socket, os, time\n{connect}\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n{body}\n\
-         s.shutdown(socket.SHUT_WR)\nwhile s.recv(65536): pass\ns.close()\n"
+         s.shutdown(socket.SHUT_WR)\n{PY_READ_TO_EOF}s.close()\n"
     )
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use imds_probe_tests::{Setup, backend, binary};
+use imds_probe_tests::{PY_READ_TO_EOF, Setup, backend, binary};
 use serde_json::Value;
 
 const PROCESSES: usize = 30;
@@ -25,13 +25,13 @@ fn setup() -> Option<Setup> {
 /// reads the answers to the end.
 fn sendfile_client(before: &str, by_file: &str) -> String {
     format!(
-        "import os, socket, tempfile\n\
+        "import os, socket, tempfile, time\n\
          s = socket.create_connection(('169.254.169.254', 80))\n\
          s.sendall(b'{before}')\n\
          f = tempfile.TemporaryFile(); f.write(b'{by_file}'); f.flush()\n\
          n = os.sendfile(s.fileno(), f.fileno(), 0, {len})\n\
          assert n == {len}, n\n\
-         s.shutdown(socket.SHUT_WR)\nwhile s.recv(65536): pass\n",
+         s.shutdown(socket.SHUT_WR)\n{PY_READ_TO_EOF}",
         len = by_file.replace("\\r\\n", "..").len(),
     )
 }
